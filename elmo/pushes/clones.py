@@ -1,0 +1,169 @@
+"""The local clones under ELMO_REPOSITORY_BASE: where each one lives, the file
+lock that guards it, and the Mercurial commands that update it.
+
+Mercurial runs as the `hg` command with a clean configuration: no user or
+system hgrc, no hooks or extensions from the environment, plain output and
+no shell. docs/mercurial.md says why the command and not the Python API.
+"""
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import filelock
+
+from shardworker.errors import PermanentError, TransientError
+
+logger = logging.getLogger(__name__)
+
+# A repository path on the hg host: segments of letters, digits, `.`, `_`
+# and `-`, each starting with a letter or digit, so `.` and `..` never pass.
+SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+REPOSITORY_NAME = re.compile(rf"{SEGMENT}(/{SEGMENT}){{0,4}}")
+LOCK_DIRECTORY = ".locks"
+
+
+def check_repository_name(name: str) -> str:
+    """Return `name` if it is a safe repository path, else raise PermanentError."""
+    if not isinstance(name, str) or not REPOSITORY_NAME.fullmatch(name):
+        raise PermanentError(f"not a valid repository path: {name!r:.120}")
+    return name
+
+
+def find_hg(configured: str = "") -> str:
+    """The hg command: the configured one, the one beside this Python, or PATH's."""
+    if configured:
+        return configured
+    beside = Path(sys.executable).parent / "hg"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("hg")
+    if not found:
+        raise FileNotFoundError("no hg command found; install Mercurial or set ELMO_HG_COMMAND")
+    return found
+
+
+def clean_environment() -> dict[str, str]:
+    """The environment for hg: plain output, no configuration but ours."""
+    keep = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+    environment = {name: os.environ[name] for name in keep if name in os.environ}
+    environment.update(HGPLAIN="1", HGRCPATH="", HGENCODING="utf-8", HGUSER="elmo")
+    return environment
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill hg when the shard that started it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Clones:
+    """The clone root: one Mercurial clone per repository path, each guarded
+    by a file lock kept outside the clone."""
+
+    def __init__(self, root: Path, hg_command: str = "", timeout: float = 900.0,
+                 lock_timeout: float = 1800.0):
+        self.root = Path(root).resolve()
+        self.hg = find_hg(hg_command)
+        self.timeout = timeout
+        self.lock_timeout = lock_timeout
+
+    def path_for(self, name: str) -> Path:
+        """The clone's directory, guaranteed to be inside the clone root."""
+        check_repository_name(name)
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise PermanentError(f"repository {name!r} would leave the clone root")
+        return path
+
+    def lock_path_for(self, name: str) -> Path:
+        self.path_for(name)
+        return self.root / LOCK_DIRECTORY / (name.replace("/", "__") + ".lock")
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[float]:
+        """Hold the clone's file lock; yields the seconds spent waiting for it."""
+        lock_path = self.lock_path_for(name)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(lock_path, timeout=self.lock_timeout)
+        started = time.monotonic()
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise TransientError(
+                f"clone lock {lock_path} still held after {self.lock_timeout:.0f} s"
+            ) from None
+        try:
+            yield time.monotonic() - started
+        finally:
+            lock.release()
+
+    def exists(self, name: str) -> bool:
+        return (self.path_for(name) / ".hg" / "store").is_dir()
+
+    def update(self, name: str, url: str) -> str:
+        """Bring the clone up to date with `url`: clone if missing, else pull.
+
+        Call it while holding the lock. Returns "cloned" or "pulled".
+        """
+        path = self.path_for(name)
+        if self.exists(name):
+            self.run(["-R", str(path), "pull", "--", url], name)
+            return "pulled"
+        self.clone(name, url)
+        return "cloned"
+
+    def clone(self, name: str, url: str) -> None:
+        """Clone into a scratch directory beside the target and move it in
+        place, so that an interrupted clone never looks like a clone."""
+        path = self.path_for(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.parent / f".{path.name}.cloning"
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        if path.exists():
+            # Something without a store is in the way; we hold the lock.
+            logger.warning("repo=%s removing broken clone at %s", name, path)
+            shutil.rmtree(path)
+        try:
+            self.run(["clone", "--noupdate", "--", url, str(scratch)], name)
+            os.rename(scratch, path)
+        finally:
+            if scratch.exists():
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def run(self, arguments: list[str], name: str) -> str:
+        """Run hg; a failure that may heal raises TransientError."""
+        command = [self.hg, "--config", "ui.interactive=false", *arguments]
+        try:
+            result = subprocess.run(
+                command,
+                env=clean_environment(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=self.timeout,
+                preexec_fn=_die_with_parent,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise TransientError(f"hg {arguments[-3] if len(arguments) > 2 else ''} "
+                                 f"timed out after {self.timeout:.0f} s") from None
+        if result.returncode == 0:
+            return result.stdout.decode("utf-8", "replace")
+        error = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
+        error = error.splitlines()[-1] if error else f"exit code {result.returncode}"
+        if "HTTP Error 404" in error:
+            raise PermanentError(f"the hg host does not know {name}: {error}")
+        raise TransientError(f"hg failed for {name}: {error}")

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ShardworkerConfig(AppConfig):
+    name = "shardworker"
+    verbose_name = "Pulse worker"

@@ -1,0 +1,83 @@
+"""The AMQP side: the connection to Pulse and the queues the worker consumes.
+
+Queues are durable and named `queue/<PULSE_USER>/<name>`, as Pulse requires.
+Exchanges belong to their publishers, so the worker only checks that they
+exist (a passive declaration) before binding.
+"""
+
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Connection, Exchange, Queue
+
+from shardworker.deliveries import HGMO_EXCHANGE
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One queue of the worker and what it is bound to."""
+
+    queue_suffix: str
+    exchange: str
+    routing_key: str
+
+
+def pulse_url() -> str:
+    """The broker URL from PULSE_URL, or from PULSE_HOST and its companions."""
+    if settings.PULSE_URL:
+        parts = urlsplit(settings.PULSE_URL)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ImproperlyConfigured("PULSE_URL must be an amqp:// or amqps:// URL.")
+        return settings.PULSE_URL
+    scheme = "amqps" if settings.PULSE_SSL else "amqp"
+    user = quote(settings.PULSE_USER, safe="")
+    password = quote(settings.PULSE_PASSWORD, safe="")
+    vhost = quote(settings.PULSE_VHOST, safe="")
+    return f"{scheme}://{user}:{password}@{settings.PULSE_HOST}:{settings.PULSE_PORT}/{vhost}"
+
+
+def pulse_user() -> str:
+    if settings.PULSE_URL:
+        return urlsplit(settings.PULSE_URL).username or "guest"
+    return settings.PULSE_USER
+
+
+def connect() -> Connection:
+    """A kombu connection with heartbeats; not yet opened."""
+    url = pulse_url()
+    return Connection(
+        url,
+        heartbeat=settings.PULSE_HEARTBEAT,
+        ssl=url.startswith("amqps"),
+        connect_timeout=10,
+        transport_options={"confirm_publish": True},
+    )
+
+
+def bindings() -> list[Binding]:
+    return [Binding(settings.PULSE_QUEUE_HGMO, HGMO_EXCHANGE, "#")]
+
+
+def queue_name(binding: Binding) -> str:
+    return f"queue/{pulse_user()}/{binding.queue_suffix}"
+
+
+def queues() -> list[Queue]:
+    """The worker's durable queues, bound to their (existing) exchanges."""
+    return [
+        Queue(
+            queue_name(binding),
+            exchange=Exchange(binding.exchange, type="topic", passive=True),
+            routing_key=binding.routing_key,
+            durable=True,
+            auto_delete=False,
+        )
+        for binding in bindings()
+    ]
+
+
+def safe_url(connection: Connection) -> str:
+    """The broker address without its password, for logs."""
+    return connection.as_uri(include_password=False)

@@ -1,0 +1,54 @@
+"""A message as the broker delivered it, in a form that crosses process
+boundaries, and the facts the supervisor reads without parsing the body."""
+
+import hashlib
+from dataclasses import dataclass, field
+
+HGMO_EXCHANGE = "exchange/hgpushes/v2"
+
+SOURCES = {
+    HGMO_EXCHANGE: "hgmo",
+}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The raw message: body bytes and the envelope the broker gave."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    content_type: str = ""
+    content_encoding: str = ""
+    headers: dict = field(default_factory=dict)
+    redelivered: bool = False
+
+    @property
+    def source(self) -> str:
+        return SOURCES.get(self.exchange, "unknown")
+
+    @property
+    def message_id(self) -> str:
+        """A digest that names this message the same way in every process."""
+        digest = hashlib.sha256()
+        for part in (self.exchange.encode(), self.routing_key.encode(), self.body):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
+
+    @property
+    def short_id(self) -> str:
+        return self.message_id[:12]
+
+    @property
+    def repository_key(self) -> str:
+        """What the message is about, for routing: hg.mozilla.org puts the
+        repository path in the routing key."""
+        return f"{self.source}:{self.routing_key}"
+
+
+def route_to_shard(delivery: Delivery, shards: int) -> int:
+    """The shard for this message's repository: the same in every process,
+    on every machine and after every restart (unlike the built-in hash)."""
+    key = delivery.repository_key.encode("utf-8", "surrogateescape")
+    return int.from_bytes(hashlib.sha1(key).digest()[:8], "big") % shards

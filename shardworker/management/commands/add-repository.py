@@ -1,0 +1,41 @@
+"""`./manage.py add-repository`: track a repository on the hg host."""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from elmo.life.models import Forest, Locale, Repository
+from elmo.pushes.clones import check_repository_name
+from shardworker.errors import PermanentError
+
+
+class Command(BaseCommand):
+    help = (
+        "Register repositories by their path on the hg host, such as l10n-central/de. "
+        "Pushes to them are recorded from the next message on; the first message brings "
+        "their whole pushlog history. A repository under a registered forest is linked to "
+        "it, and its last path segment becomes its locale."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("names", nargs="+", help="repository paths on the hg host")
+        parser.add_argument("--locale", help="locale code (default: the last path segment "
+                            "for repositories in a forest, none otherwise)")
+
+    def handle(self, *args, **options) -> None:
+        for raw in options["names"]:
+            name = raw.strip("/")
+            try:
+                check_repository_name(name)
+            except PermanentError as error:
+                raise CommandError(str(error)) from None
+            forest_name, _, last = name.rpartition("/")
+            forest = Forest.objects.filter(name=forest_name).first() if forest_name else None
+            code = options["locale"] or (last if forest else None)
+            locale = Locale.objects.get_or_create(code=code)[0] if code else None
+            repository, created = Repository.objects.update_or_create(
+                name=name,
+                defaults={"url": settings.ELMO_HG_BASE_URL + name, "forest": forest,
+                          "locale": locale, "archived": False},
+            )
+            self.stdout.write(f"{'added' if created else 'updated'} repository "
+                              f"{repository.name} ({repository.url})")

@@ -1,0 +1,101 @@
+"""`./manage.py consume-pulse`: run the Pulse worker in the foreground."""
+
+import os
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.db.utils import OperationalError
+
+from elmo.pushes.clones import find_hg
+from shardworker import broker
+from shardworker.supervisor import Supervisor
+
+
+class Command(BaseCommand):
+    help = (
+        "Consume hg.mozilla.org push messages from Pulse and record them in the database, "
+        "with one supervisor and N shard processes. SIGTERM or Ctrl-C drains: in-flight "
+        "messages finish and are acknowledged, the others go back to the queue. Settings "
+        "come from the environment (PULSE_*, DATABASE_URL, ELMO_*); see docs/operations.md."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--shards", type=int, default=settings.ELMO_SHARDS,
+            help="number of shard processes; one repository always goes to the same shard "
+                 "(default: ELMO_SHARDS or 4)",
+        )
+        parser.add_argument(
+            "--prefetch", type=int, default=None,
+            help="messages the broker may hand over unacknowledged (default: 4 per shard)",
+        )
+        parser.add_argument(
+            "--drain-seconds", type=float, default=settings.ELMO_DRAIN_SECONDS,
+            help="on SIGTERM, how long in-flight messages may take to finish (default: "
+                 "ELMO_DRAIN_SECONDS or 60)",
+        )
+        parser.add_argument(
+            "--max-crashes", type=int, default=3,
+            help="times a message may kill its shard before it becomes a dead letter "
+                 "(default: 3)",
+        )
+        parser.add_argument(
+            "--message-timeout", type=float, default=3600.0,
+            help="seconds a shard may spend on one message before it is killed and the "
+                 "message counts as a crash (default: 3600)",
+        )
+
+    def handle(self, *args, **options) -> None:
+        shards = options["shards"]
+        if not 1 <= shards <= 64:
+            raise CommandError(f"--shards must be between 1 and 64, not {shards}.")
+        prefetch = options["prefetch"] or 4 * shards
+        if not shards <= prefetch <= 10_000:
+            raise CommandError(f"--prefetch must be between {shards} and 10000.")
+        if options["max_crashes"] < 1:
+            raise CommandError("--max-crashes must be at least 1.")
+        check_environment()
+        connections.close_all()
+        supervisor = Supervisor(
+            shards, prefetch,
+            drain_seconds=options["drain_seconds"],
+            max_crashes=options["max_crashes"],
+            message_timeout=options["message_timeout"],
+        )
+        supervisor.run()
+
+
+def check_environment() -> None:
+    """Fail at start, in one sentence, on what would otherwise fail in a shard."""
+    broker.pulse_url()
+    try:
+        connection.ensure_connection()
+    except OperationalError as error:
+        where = settings.DATABASES["default"].get("HOST") or settings.DATABASES["default"]["NAME"]
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CommandError(f"cannot reach the database at {where}: {first}") from None
+    executor = MigrationExecutor(connection)
+    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        raise CommandError("the database is not migrated; run ./manage.py migrate first.")
+    try:
+        find_hg(settings.ELMO_HG_COMMAND)
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from None
+    root = settings.ELMO_REPOSITORY_BASE
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"ELMO_REPOSITORY_BASE {root} cannot be created: "
+                           f"{error.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise CommandError(f"ELMO_REPOSITORY_BASE {root} is not writable.")
+    if urlsplit(settings.ELMO_HG_BASE_URL).scheme != "https" and not settings.DEBUG:
+        # Plain http is for the local stand-in; say so once.
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "ELMO_HG_BASE_URL %s is not https", settings.ELMO_HG_BASE_URL
+        )

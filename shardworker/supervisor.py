@@ -1,0 +1,383 @@
+"""The supervisor: owns the broker connection and the shard processes.
+
+It receives messages, routes each to the shard of its repository, hands
+every shard one message at a time, and acknowledges a message only when its
+shard reports the effects committed. It restarts shards that die, gives up
+on a message that kills its shard too often, reconnects to the broker with
+backoff, and drains on SIGTERM or SIGINT.
+"""
+
+import logging
+import multiprocessing
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.connection import wait
+
+from kombu import Consumer
+from kombu.message import Message
+
+from shardworker import broker, deadletters
+from shardworker.deliveries import Delivery, route_to_shard
+from shardworker.results import DEAD_LETTERED, REQUEUED, Result
+from shardworker.shard import run_shard
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+RESTART_BACKOFF_MAX = 30.0
+RECONNECT_BACKOFF_MAX = 60.0
+# A shard that lived less than this when it died was crash-looping.
+HEALTHY_UPTIME = 10.0
+
+
+@dataclass
+class Assignment:
+    """A received message on its way through a shard."""
+
+    delivery: Delivery
+    message: Message
+    generation: int
+    crashes: int = 0
+    started: float = 0.0
+
+
+@dataclass
+class ShardProcess:
+    """The supervisor's view of one shard process."""
+
+    index: int
+    process: multiprocessing.Process | None = None
+    pipe: Pipe | None = None
+    ready: bool = False
+    current: Assignment | None = None
+    pending: deque = field(default_factory=deque)
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+
+class Supervisor:
+    """One per `consume-pulse`: a loop you can read top to bottom in `run`."""
+
+    def __init__(self, shards: int, prefetch: int, *, drain_seconds: float,
+                 max_crashes: int, message_timeout: float):
+        self.shards = [ShardProcess(index) for index in range(shards)]
+        self.prefetch = prefetch
+        self.drain_seconds = drain_seconds
+        self.max_crashes = max_crashes
+        self.message_timeout = message_timeout
+        self.context = multiprocessing.get_context("spawn")
+        self.connection = None
+        self.consumer = None
+        self.generation = 0
+        self.reconnect_at = 0.0
+        self.connect_failures = 0
+        self.crashes: dict[str, int] = {}
+        self.stop_signal: int | None = None
+        self.hurry = False
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        logger.info("supervisor starting %d shards", len(self.shards))
+        for shard in self.shards:
+            self.spawn_shard(shard)
+        while self.stop_signal is None:
+            if self.consumer is None and time.monotonic() >= self.reconnect_at:
+                self.connect()
+            self.collect_results(timeout=0)
+            self.pump_broker()
+            self.reap_shards()
+            self.dispatch()
+        self.drain()
+        return EXIT_OK
+
+    # Signals: the handlers only record; the main loop acts.
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.handle_stop)
+        signal.signal(signal.SIGINT, self.handle_stop)
+
+    def handle_stop(self, signum: int, frame) -> None:
+        if self.stop_signal is not None:
+            # A second signal: stop waiting for in-flight work.
+            self.hurry = True
+        self.stop_signal = signum
+
+    # Shards.
+
+    def spawn_shard(self, shard: ShardProcess) -> None:
+        parent_end, child_end = self.context.Pipe(duplex=True)
+        process = self.context.Process(
+            target=run_shard, args=(shard.index, child_end), name=f"shard-{shard.index}",
+            daemon=False,
+        )
+        process.start()
+        child_end.close()
+        shard.process, shard.pipe, shard.ready = process, parent_end, False
+        shard.started_at = time.monotonic()
+        logger.info("shard=%d started as pid %d", shard.index, process.pid)
+
+    def reap_shards(self) -> None:
+        """Notice dead shards, settle their message, and restart them."""
+        now = time.monotonic()
+        for shard in self.shards:
+            if shard.process is None:
+                if now >= shard.restart_at and self.stop_signal is None:
+                    self.spawn_shard(shard)
+                continue
+            if shard.current and now - shard.current.started > self.message_timeout:
+                logger.error("shard=%d repo=%s msg=%s busy for over %.0f s; killing it",
+                             shard.index, shard.current.delivery.routing_key[:100],
+                             shard.current.delivery.short_id, self.message_timeout)
+                shard.process.kill()
+                shard.process.join(5)
+            if shard.process.is_alive():
+                continue
+            self.bury_shard(shard, now)
+
+    def bury_shard(self, shard: ShardProcess, now: float) -> None:
+        code = shard.process.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else \
+            f"exited with code {code}"
+        logger.error("shard=%d (pid %d) %s", shard.index, shard.process.pid, how)
+        shard.pipe.close()
+        shard.process, shard.pipe, shard.ready = None, None, False
+        if now - shard.started_at < HEALTHY_UPTIME:
+            shard.quick_deaths += 1
+        else:
+            shard.quick_deaths = 0
+        delay = min(2 ** shard.quick_deaths - 1, RESTART_BACKOFF_MAX)
+        shard.restart_at = now + delay
+        if delay:
+            logger.warning("shard=%d restarting in %.0f s", shard.index, delay)
+        if shard.current is not None:
+            assignment, shard.current = shard.current, None
+            self.settle_crash(shard, assignment)
+
+    def settle_crash(self, shard: ShardProcess, assignment: Assignment) -> None:
+        """The message a shard died on: try again, or keep it as a dead letter."""
+        if assignment.generation != self.generation:
+            return
+        delivery = assignment.delivery
+        crashes = self.crashes.get(delivery.message_id, 0) + 1
+        self.crashes[delivery.message_id] = crashes
+        if crashes < self.max_crashes:
+            logger.warning("shard=%d repo=%s msg=%s shard died during the message (%d of %d); "
+                           "trying again", shard.index, delivery.routing_key[:100],
+                           delivery.short_id, crashes, self.max_crashes)
+            assignment.crashes = crashes
+            shard.pending.appendleft(assignment)
+            return
+        reason = f"the shard processing it died {crashes} times"
+        try:
+            deadletters.keep(delivery, reason, crashes, delivery.routing_key)
+        except Exception:
+            logger.exception("msg=%s cannot store dead letter; returning it to the queue",
+                             delivery.short_id)
+            self.settle(assignment, Result(REQUEUED, delivery.routing_key, reason))
+            return
+        self.crashes.pop(delivery.message_id, None)
+        self.settle(assignment, Result(DEAD_LETTERED, delivery.routing_key, reason))
+
+    def dispatch(self) -> None:
+        """Hand each idle, ready shard its next message."""
+        for shard in self.shards:
+            if not shard.ready or shard.current is not None or not shard.pending:
+                continue
+            assignment = shard.pending.popleft()
+            if assignment.generation != self.generation:
+                continue
+            assignment.started = time.monotonic()
+            shard.current = assignment
+            try:
+                shard.pipe.send(("process", assignment.delivery, assignment.crashes))
+            except (BrokenPipeError, OSError):
+                pass  # reap_shards sees the death and settles the message
+
+    def collect_results(self, timeout: float) -> None:
+        pipes = {shard.pipe: shard for shard in self.shards if shard.pipe is not None}
+        if not pipes:
+            time.sleep(timeout)
+            return
+        for pipe in wait(list(pipes), timeout):
+            shard = pipes[pipe]
+            try:
+                report = pipe.recv()
+            except (EOFError, OSError):
+                continue  # the shard died; reap_shards handles it
+            if report[0] == "ready":
+                shard.ready = True
+                continue
+            _, message_id, result, _seconds = report
+            assignment, shard.current = shard.current, None
+            if assignment is None or assignment.delivery.message_id != message_id:
+                logger.error("shard=%d reported a message it was not given", shard.index)
+                continue
+            self.crashes.pop(message_id, None)
+            self.settle(assignment, result)
+
+    # The broker.
+
+    def settle(self, assignment: Assignment, result: Result) -> None:
+        """Acknowledge or return the message: the one place that does."""
+        if assignment.generation != self.generation or self.consumer is None:
+            return  # its channel is gone; the broker delivers it again
+        try:
+            if result.acknowledge:
+                assignment.message.ack()
+            else:
+                assignment.message.requeue()
+        except self.recoverable_errors() as error:
+            self.disconnected(error)
+
+    def recoverable_errors(self) -> tuple:
+        errors = (OSError, socket.timeout)
+        if self.connection is not None:
+            errors += tuple(self.connection.connection_errors)
+            errors += tuple(self.connection.channel_errors)
+        return errors
+
+    def connect(self) -> None:
+        connection = broker.connect()
+        address = broker.safe_url(connection)
+        try:
+            connection.ensure_connection(max_retries=1)
+            channel = connection.channel()
+            consumer = Consumer(channel, queues=broker.queues(), on_message=self.on_message,
+                                auto_declare=True)
+            consumer.qos(prefetch_count=self.prefetch)
+            consumer.consume()
+        except Exception as error:  # kombu raises many kinds here; all mean "not yet"
+            self.connect_failures += 1
+            delay = min(2.0 ** self.connect_failures, RECONNECT_BACKOFF_MAX)
+            logger.error("cannot consume from %s: %s; retrying in %.0f s", address,
+                         str(error).strip() or type(error).__name__, delay)
+            self.reconnect_at = time.monotonic() + delay
+            connection.release()
+            return
+        self.connection, self.consumer = connection, consumer
+        self.generation += 1
+        self.connect_failures = 0
+        names = ", ".join(queue.name for queue in consumer.queues)
+        logger.info("connected to %s, consuming %s (prefetch %d)", address, names,
+                    self.prefetch)
+
+    def disconnected(self, error: BaseException) -> None:
+        """Forget the channel: its unacknowledged messages go back to the queue."""
+        logger.error("lost the broker connection: %s", str(error).strip() or repr(error))
+        try:
+            self.connection.release()
+        except Exception:
+            pass
+        self.connection = self.consumer = None
+        self.generation += 1
+        for shard in self.shards:
+            shard.pending.clear()
+        self.reconnect_at = time.monotonic() + 1.0
+
+    def pump_broker(self) -> None:
+        """Receive what the broker sends for a short while, and heartbeat."""
+        busy = any(shard.current for shard in self.shards)
+        timeout = 0.02 if busy else 0.2
+        if self.consumer is None:
+            self.collect_results(timeout)
+            return
+        try:
+            self.connection.heartbeat_check()
+            self.connection.drain_events(timeout=timeout)
+        except TimeoutError:
+            pass
+        except self.recoverable_errors() as error:
+            self.disconnected(error)
+
+    def on_message(self, message: Message) -> None:
+        info = message.delivery_info
+        delivery = Delivery(
+            exchange=info.get("exchange", ""),
+            routing_key=info.get("routing_key", ""),
+            body=message.body if isinstance(message.body, bytes) else message.body.encode(),
+            content_type=message.content_type or "",
+            content_encoding=message.content_encoding or "",
+            headers=dict(message.headers or {}),
+            redelivered=bool(info.get("redelivered")),
+        )
+        if self.stop_signal is not None:
+            message.requeue()
+            return
+        shard = self.shards[route_to_shard(delivery, len(self.shards))]
+        logger.debug("shard=%d repo=%s msg=%s received%s", shard.index,
+                     delivery.routing_key[:100], delivery.short_id,
+                     " (redelivered)" if delivery.redelivered else "")
+        assignment = Assignment(delivery, message, self.generation,
+                                crashes=self.crashes.get(delivery.message_id, 0))
+        shard.pending.append(assignment)
+
+    # Stopping.
+
+    def drain(self) -> None:
+        """Finish in-flight work within the drain time, return the rest."""
+        name = signal.Signals(self.stop_signal).name
+        busy = [shard for shard in self.shards if shard.current]
+        waiting = sum(len(shard.pending) for shard in self.shards)
+        logger.info("received %s: finishing %d in-flight message(s), returning %d to the "
+                    "queue", name, len(busy), waiting)
+        if self.consumer is not None:
+            try:
+                self.consumer.cancel()
+                for shard in self.shards:
+                    while shard.pending:
+                        assignment = shard.pending.popleft()
+                        if assignment.generation == self.generation:
+                            assignment.message.requeue()
+            except self.recoverable_errors() as error:
+                self.disconnected(error)
+        for shard in self.shards:
+            # A busy shard reads this after its message; one waiting to retry
+            # reads it at once and returns the message unfinished.
+            if shard.pipe is not None:
+                try:
+                    shard.pipe.send(("stop",))
+                except OSError:
+                    pass
+        deadline = time.monotonic() + self.drain_seconds
+        while any(shard.current for shard in self.shards) and not self.hurry:
+            if time.monotonic() >= deadline:
+                logger.warning("drain time of %.0f s is over; abandoning in-flight work to "
+                               "the broker", self.drain_seconds)
+                break
+            self.collect_results(timeout=0.05)
+            self.pump_broker()
+            self.reap_dead_without_restart()
+        self.stop_shards()
+        if self.connection is not None:
+            self.connection.release()
+        logger.info("supervisor stopped")
+
+    def reap_dead_without_restart(self) -> None:
+        for shard in self.shards:
+            if shard.process is not None and not shard.process.is_alive():
+                logger.error("shard=%d died while draining", shard.index)
+                shard.current = None
+
+    def stop_shards(self) -> None:
+        """Shards that were told to stop exit on their own; the busy ones are killed."""
+        for shard in self.shards:
+            if shard.current is not None and shard.process is not None:
+                shard.process.kill()
+        deadline = time.monotonic() + 10
+        for shard in self.shards:
+            if shard.process is None:
+                continue
+            shard.process.join(max(0.0, deadline - time.monotonic()))
+            if shard.process.is_alive():
+                logger.warning("shard=%d did not stop; killing it", shard.index)
+                shard.process.kill()
+                shard.process.join(5)
