@@ -115,7 +115,9 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"worker did not stop within {timeout} s\n{self.log()}")
+            raise AssertionError(
+                f"worker did not stop within {timeout} s\n{self.log()}"
+            ) from None
 
 
 @pytest.fixture

@@ -40,9 +40,11 @@ def test_push_recorded_with_changesets_parents_and_files(hgmo, publisher, start_
                                                          tmp_path: Path):
     track(hgmo, "l10n-central/de")
     first = hgmo.push("l10n-central/de", {"browser/menu.ftl": "file = Datei\n"},
-                      user="anna@example.org", message="Add menu", author="Anna <anna@example.org>")
-    second = hgmo.push("l10n-central/de", {"browser/menu.ftl": "file = Datei\nedit = Bearbeiten\n",
-                                           "toolkit/about.ftl": "about = Über\n"},
+                      user="anna@example.org", message="Add menu",
+                      author="Anna <anna@example.org>")
+    second = hgmo.push("l10n-central/de",
+                       {"browser/menu.ftl": "file = Datei\nedit = Bearbeiten\n",
+                        "toolkit/about.ftl": "about = Über\n"},
                        user="ben@example.org", message="Translate edit menu")
     worker = start_worker(shards=4)
 
@@ -178,7 +180,8 @@ def test_body_that_is_not_json_is_dead_lettered(hgmo, publisher, start_worker):
     publisher.publish_raw("l10n-central/de", b"\x00 this is not json")
     wait_for_outcome(worker, b"\x00 this is not json", "l10n-central/de", "dead_lettered")
 
-    letter = DeadLetter.objects.get()
+    letter = DeadLetter.objects.get(message_id__startswith=short_id(b"\x00 this is not json",
+                                                                    "l10n-central/de"))
     assert letter.source == "hgmo"
     assert letter.routing_key == "l10n-central/de"
     assert bytes(letter.body) == b"\x00 this is not json"

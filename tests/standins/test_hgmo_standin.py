@@ -348,9 +348,16 @@ def test_bundle_import_replays_the_history_as_pushes_by_author_and_day(relay_sta
     assert sum(len(changeset["parents"]) == 2 for changeset in changesets) == 167
     for push in answer["pushes"].values():
         assert re.fullmatch(r"localizer\d+@example\.org", push["user"])
-        assert {push["user"] in changeset["author"] for changeset in push["changesets"]} == {True}
+        assert all(push["user"] in changeset["author"] for changeset in push["changesets"])
+    # One author's consecutive work on separate days makes separate pushes.
     neighbours = itertools.pairwise(pushlog)
     assert any(earlier["user"] == later["user"] for earlier, later in neighbours)
+    first = pushlog[0]
+    last_changeset_date = run_hg(
+        ["log", "--rev", first["nodes"][-1], "--template", "{date|hgdate}"],
+        cwd=relay_standin.repository_path("relay"),
+    )
+    assert first["date"] == int(last_changeset_date.split()[0])
 
 
 def test_fail_next_answers_an_hg_pull_with_the_status_then_recovers(standin, tmp_path):

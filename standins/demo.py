@@ -1,0 +1,225 @@
+"""`make demo`: the worker end to end on local defaults.
+
+Starts the hg.mozilla.org stand-in with a few locale repositories, runs
+`consume-pulse --shards 4` against the local RabbitMQ and a SQLite database
+under var/demo, streams pushes (merges included) through the broker, waits
+until all are recorded, and prints what was ingested and whether it matches
+the stand-in.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+DEMO = PROJECT / "var" / "demo"
+AMQP_URL = os.environ.get("PULSE_URL", "amqp://guest:guest@127.0.0.1:5672//")
+FOREST = "l10n-central"
+LOCALES = ["de", "fr", "ja", "pt-BR"]
+NEW_LOCALE = "sat"
+ROUNDS = 8
+
+
+def main() -> int:
+    if DEMO.exists():
+        shutil.rmtree(DEMO)
+    DEMO.mkdir(parents=True)
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="elmo.settings",
+        DATABASE_URL=f"sqlite:///{DEMO / 'elmo.sqlite3'}",
+        ELMO_REPOSITORY_BASE=str(DEMO / "clones"),
+        PULSE_URL=AMQP_URL,
+        PULSE_QUEUE_HGMO="demo-hgmo",
+    )
+    from standins.hgmo import HgmoPublisher, HgmoStandIn
+
+    with HgmoStandIn(DEMO / "hgmo") as hgmo, HgmoPublisher(AMQP_URL) as publisher:
+        os.environ["ELMO_HG_BASE_URL"] = hgmo.base_url
+        print(f"hg.mozilla.org stand-in at {hgmo.base_url}")
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        for locale in [*LOCALES, NEW_LOCALE]:
+            hgmo.create_repository(f"{FOREST}/{locale}")
+        call_command("add-forest", FOREST)
+        call_command("add-repository", *[f"{FOREST}/{locale}" for locale in LOCALES])
+        purge_queue("queue/guest/demo-hgmo")
+
+        log_path = DEMO / "worker.log"
+        print(f"starting consume-pulse --shards 4 (log: {log_path.relative_to(PROJECT)})")
+        worker = start_worker(log_path)
+        try:
+            sent = stream_pushes(hgmo, publisher)
+            print(f"published {sent} messages; waiting for the worker")
+            matched = wait_for_ingest(hgmo, timeout=180)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(90)
+            delete_queue("queue/guest/demo-hgmo")
+        return report(hgmo, matched)
+
+
+def start_worker(log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "wb")
+    worker = subprocess.Popen(
+        [sys.executable, str(PROJECT / "manage.py"), "consume-pulse", "--shards", "4"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=PROJECT,
+    )
+    deadline = time.monotonic() + 60
+    while "consuming" not in log_path.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            print(log_path.read_text(errors="replace"))
+            raise SystemExit("the worker did not start")
+        time.sleep(0.2)
+    return worker
+
+
+def purge_queue(name: str) -> None:
+    """Leftovers of an earlier demo would name repositories of another stand-in."""
+    import kombu
+
+    with kombu.Connection(AMQP_URL) as connection:
+        try:
+            connection.channel().queue_purge(name)
+        except Exception:
+            pass  # the worker creates it
+
+
+def delete_queue(name: str) -> None:
+    """A durable queue left bound would collect every later message."""
+    import kombu
+
+    with kombu.Connection(AMQP_URL) as connection:
+        connection.channel().queue_delete(name)
+
+
+def stream_pushes(hgmo, publisher) -> int:
+    """Pushes in rounds over the locales: single changesets, several
+    changesets in one push, and merges; then a new repository."""
+    from standins.hgmo import Commit
+
+    sent = 0
+    for round_number in range(ROUNDS):
+        for index, locale in enumerate(LOCALES):
+            name = f"{FOREST}/{locale}"
+            user = f"localizer{index}@example.org"
+            path = f"browser/round{round_number}.ftl"
+            if round_number % 4 == 3:
+                pushed = hgmo.push_merge(
+                    name,
+                    left={path: "left = Links\n"},
+                    right={f"toolkit/round{round_number}.ftl": "r = R\n"},
+                    user=user,
+                    message=f"Merge round {round_number}",
+                )
+            elif round_number % 4 == 1:
+                pushed = hgmo.push_commits(
+                    name,
+                    [
+                        Commit({path: f"one = {round_number}\n"}, f"Round {round_number}, part 1"),
+                        Commit(
+                            {path: f"one = {round_number}\ntwo = 2\n"},
+                            f"Round {round_number}, part 2",
+                        ),
+                    ],
+                    user=user,
+                )
+            else:
+                pushed = hgmo.push(
+                    name,
+                    {path: f"string = Round {round_number}\n"},
+                    user=user,
+                    message=f"Translate round {round_number}",
+                    author=f"Localizer {index} <{user}>",
+                )
+            publisher.publish_changegroup(hgmo, name, [pushed.push_id])
+            sent += 1
+    new_repository = f"{FOREST}/{NEW_LOCALE}"
+    for number in range(3):
+        hgmo.push(new_repository, {"browser/new.ftl": f"n = {number}\n"})
+    publisher.publish_newrepo(hgmo, new_repository)
+    return sent + 1
+
+
+def expected(hgmo) -> dict[str, tuple[int, int]]:
+    names = [f"{FOREST}/{locale}" for locale in [*LOCALES, NEW_LOCALE]]
+    return {
+        name: (len(log := hgmo.pushlog(name)), sum(len(push["nodes"]) for push in log))
+        for name in names
+    }
+
+
+def ingested() -> dict[str, tuple[int, int]]:
+    from elmo.life.models import Push, Repository
+
+    result = {}
+    for repository in Repository.objects.order_by("name"):
+        pushes = Push.objects.filter(repository=repository)
+        changesets = repository.changesets.count()
+        result[repository.name] = (pushes.count(), changesets)
+    return result
+
+
+def wait_for_ingest(hgmo, timeout: float) -> bool:
+    want = expected(hgmo)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ingested() == want:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def clone_changesets(name: str) -> int:
+    from elmo.pushes.clones import clean_environment, find_hg
+
+    output = subprocess.run(
+        [find_hg(), "-R", str(DEMO / "clones" / name), "log", "-T", "{node}\n"],
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+    ).stdout
+    return len(output.split())
+
+
+def report(hgmo, matched: bool) -> int:
+    from elmo.life.models import Changeset, Push, Repository
+    from shardworker.models import DeadLetter
+
+    want = expected(hgmo)
+    have = ingested()
+    print()
+    print(f"{'repository':<22} {'pushes':>13} {'changesets':>13} {'in clone':>9}")
+    all_match = matched
+    for name, (pushes, changesets) in sorted(want.items()):
+        got_pushes, got_changesets = have.get(name, (0, 0))
+        in_clone = clone_changesets(name)
+        ok = (got_pushes, got_changesets, in_clone) == (pushes, changesets, changesets)
+        all_match &= ok
+        print(
+            f"{name:<22} {got_pushes:>6} of {pushes:<4} {got_changesets:>6} of {changesets:<4}"
+            f" {in_clone:>9}  {'ok' if ok else 'MISMATCH'}"
+        )
+    merges = sum(1 for c in Changeset.objects.all() if c.parents.count() == 2)
+    print()
+    print(
+        f"database: {Repository.objects.count()} repositories, {Push.objects.count()} pushes, "
+        f"{Changeset.objects.exclude(revision='0' * 40).count()} changesets "
+        f"({merges} merges), {DeadLetter.objects.count()} dead letters"
+    )
+    print(f"worker log: {(DEMO / 'worker.log').relative_to(PROJECT)}")
+    print("matches the stand-in: " + ("yes" if all_match else "NO"))
+    return 0 if all_match else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
