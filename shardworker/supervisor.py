@@ -32,6 +32,7 @@ RESTART_BACKOFF_MAX = 30.0
 RECONNECT_BACKOFF_MAX = 60.0
 # A shard that lived less than this when it died was crash-looping.
 HEALTHY_UPTIME = 10.0
+MAX_READS_PER_WAKEUP = 64
 
 
 @dataclass
@@ -92,8 +93,7 @@ class Supervisor:
         while self.stop_signal is None:
             if self.consumer is None and time.monotonic() >= self.reconnect_at:
                 self.connect()
-            self.collect_results(timeout=0)
-            self.pump_broker()
+            self.wait_for_events(timeout=1.0)
             self.reap_shards()
             self.dispatch()
         self.drain()
@@ -102,6 +102,13 @@ class Supervisor:
     # Signals: the handlers only record; the main loop acts.
 
     def install_signal_handlers(self) -> None:
+        # The wakeup pipe ends the wait in the main loop as soon as a signal
+        # arrives, instead of at the wait's timeout.
+        self.wakeup_reader, wakeup_writer = socket.socketpair()
+        self.wakeup_reader.setblocking(False)
+        wakeup_writer.setblocking(False)
+        self.wakeup_writer = wakeup_writer
+        signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.handle_stop)
         signal.signal(signal.SIGINT, self.handle_stop)
 
@@ -202,27 +209,56 @@ class Supervisor:
             except (BrokenPipeError, OSError):
                 pass  # reap_shards sees the death and settles the message
 
-    def collect_results(self, timeout: float) -> None:
+    def wait_for_events(self, timeout: float) -> None:
+        """Sleep until a shard reports or dies, the broker sends, or a signal
+        arrives; then handle what came."""
         pipes = {shard.pipe: shard for shard in self.shards if shard.pipe is not None}
-        if not pipes:
-            time.sleep(timeout)
+        sentinels = [shard.process.sentinel for shard in self.shards if shard.process]
+        sources = [*pipes, *sentinels, self.wakeup_reader]
+        broker_socket = self.broker_socket()
+        if broker_socket is not None:
+            sources.append(broker_socket)
+        elif self.consumer is not None:
+            timeout = 0  # bytes may wait inside TLS; read them without sleeping
+        ready = wait(sources, timeout)
+        for source in ready:
+            if source in pipes:
+                self.read_report(pipes[source])
+            elif source is self.wakeup_reader:
+                try:
+                    self.wakeup_reader.recv(512)
+                except BlockingIOError:
+                    pass
+        self.pump_broker(broker_socket in ready if broker_socket is not None else False)
+
+    def broker_socket(self) -> socket.socket | None:
+        """The connection's socket, when waiting on it can be trusted: a TLS
+        socket holding decrypted bytes would look idle, so it reads as None."""
+        if self.consumer is None:
+            return None
+        try:
+            sock = self.connection.connection.transport.sock
+        except AttributeError:
+            return None
+        if sock is None or (hasattr(sock, "pending") and sock.pending()):
+            return None
+        return sock
+
+    def read_report(self, shard: ShardProcess) -> None:
+        try:
+            report = shard.pipe.recv()
+        except (EOFError, OSError):
+            return  # the shard died; reap_shards handles it
+        if report[0] == "ready":
+            shard.ready = True
             return
-        for pipe in wait(list(pipes), timeout):
-            shard = pipes[pipe]
-            try:
-                report = pipe.recv()
-            except (EOFError, OSError):
-                continue  # the shard died; reap_shards handles it
-            if report[0] == "ready":
-                shard.ready = True
-                continue
-            _, message_id, result, _seconds = report
-            assignment, shard.current = shard.current, None
-            if assignment is None or assignment.delivery.message_id != message_id:
-                logger.error("shard=%d reported a message it was not given", shard.index)
-                continue
-            self.crashes.pop(message_id, None)
-            self.settle(assignment, result)
+        _, message_id, result, _seconds = report
+        assignment, shard.current = shard.current, None
+        if assignment is None or assignment.delivery.message_id != message_id:
+            logger.error("shard=%d reported a message it was not given", shard.index)
+            return
+        self.crashes.pop(message_id, None)
+        self.settle(assignment, result)
 
     # The broker.
 
@@ -283,16 +319,22 @@ class Supervisor:
             shard.pending.clear()
         self.reconnect_at = time.monotonic() + 1.0
 
-    def pump_broker(self) -> None:
-        """Receive what the broker sends for a short while, and heartbeat."""
-        busy = any(shard.current for shard in self.shards)
-        timeout = 0.02 if busy else 0.2
+    def pump_broker(self, readable: bool) -> None:
+        """Take in what the broker sent, and keep the heartbeat going.
+
+        Reads frames while the socket has some, up to a bound, so that a
+        flood of messages does not starve the shards' reports.
+        """
         if self.consumer is None:
-            self.collect_results(timeout)
             return
         try:
             self.connection.heartbeat_check()
-            self.connection.drain_events(timeout=timeout)
+            if readable or self.broker_socket() is None:
+                for _ in range(MAX_READS_PER_WAKEUP):
+                    self.connection.drain_events(timeout=0.01)
+                    sock = self.broker_socket()
+                    if sock is None or not wait([sock], 0):
+                        break
         except TimeoutError:
             pass
         except self.recoverable_errors() as error:
@@ -353,8 +395,7 @@ class Supervisor:
                 logger.warning("drain time of %.0f s is over; abandoning in-flight work to "
                                "the broker", self.drain_seconds)
                 break
-            self.collect_results(timeout=0.05)
-            self.pump_broker()
+            self.wait_for_events(timeout=0.2)
             self.reap_dead_without_restart()
         self.stop_shards()
         if self.connection is not None:
