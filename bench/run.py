@@ -184,11 +184,11 @@ def start_worker(shards: int, log_path: Path, clone_root: Path) -> subprocess.Po
         [sys.executable, str(PROJECT / "manage.py"), "consume-pulse", "--shards", str(shards)],
         env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT,
     )
-    while "consuming" not in log_path.read_text(errors="replace"):
+    # Timings start once every shard has imported Django and said so.
+    while log_path.read_text(errors="replace").count(" ready") < shards:
         if process.poll() is not None:
             raise SystemExit(log_path.read_text())
         time.sleep(0.05)
-    # Shards are ready once they have had a moment to import Django.
     return process
 
 

@@ -14,6 +14,11 @@ from kombu import Connection, Exchange, Queue
 
 from shardworker.deliveries import HGMO_EXCHANGE
 
+# A replayed dead letter reaches its queue through the default exchange; these
+# headers carry where it first came from.
+REPLAY_EXCHANGE = "x-elmo-replay-exchange"
+REPLAY_ROUTING_KEY = "x-elmo-replay-routing-key"
+
 
 @dataclass(frozen=True)
 class Binding:

@@ -7,6 +7,7 @@ One pipe joins a shard to the supervisor. The supervisor sends
 """
 
 import logging
+import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -70,6 +71,8 @@ class Shard:
             if command[0] == "stop":
                 return
             _, delivery, earlier_attempts = command
+            logger.debug("shard=%d repo=%s msg=%s started (pid %d)", self.index,
+                         delivery.routing_key[:100], delivery.short_id, os.getpid())
             started = time.monotonic()
             result = self.processor.process(delivery, earlier_attempts)
             seconds = time.monotonic() - started

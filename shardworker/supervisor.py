@@ -251,6 +251,7 @@ class Supervisor:
             return  # the shard died; reap_shards handles it
         if report[0] == "ready":
             shard.ready = True
+            logger.info("shard=%d ready", shard.index)
             return
         _, message_id, result, _seconds = report
         assignment, shard.current = shard.current, None
@@ -342,13 +343,23 @@ class Supervisor:
 
     def on_message(self, message: Message) -> None:
         info = message.delivery_info
+        headers = dict(message.headers or {})
+        exchange, routing_key = info.get("exchange", ""), info.get("routing_key", "")
+        if not exchange and broker.REPLAY_EXCHANGE in headers:
+            # A replayed dead letter: restore its original envelope.
+            exchange = str(headers.pop(broker.REPLAY_EXCHANGE))
+            routing_key = str(headers.pop(broker.REPLAY_ROUTING_KEY, ""))
+        body = message.body
+        if isinstance(body, str):
+            # py-amqp decodes bodies that declare a content encoding.
+            body = body.encode(message.content_encoding or "utf-8", "surrogateescape")
         delivery = Delivery(
-            exchange=info.get("exchange", ""),
-            routing_key=info.get("routing_key", ""),
-            body=message.body if isinstance(message.body, bytes) else message.body.encode(),
+            exchange=exchange,
+            routing_key=routing_key,
+            body=body,
             content_type=message.content_type or "",
             content_encoding=message.content_encoding or "",
-            headers=dict(message.headers or {}),
+            headers=headers,
             redelivered=bool(info.get("redelivered")),
         )
         if self.stop_signal is not None:

@@ -49,18 +49,12 @@ class HgmoHandler:
         if message.kind == "newrepo.1":
             return self.newrepo(message, delivery)
         if message.kind == "obsolete.1":
-            logger.info("repo=%s msg=%s obsolete markers noted, nothing to record",
-                        message.repository, delivery.short_id)
-            return Result(IGNORED, message.repository, "obsolete.1")
-        logger.warning("repo=%s msg=%s unknown message type %r acknowledged",
-                       message.repository, delivery.short_id, message.kind[:60])
-        return Result(IGNORED, message.repository, f"unknown type {message.kind[:60]!r}")
+            return Result(IGNORED, message.repository, "obsolete markers, nothing to record")
+        return Result(IGNORED, message.repository, f"unknown message type {message.kind[:60]!r}")
 
     def changegroup(self, message: HgMessage, delivery: Delivery) -> Result:
         repository = Repository.objects.filter(name=message.repository).first()
         if repository is None or repository.archived:
-            logger.info("repo=%s msg=%s not a tracked repository, acknowledged",
-                        message.repository, delivery.short_id)
             return Result(UNKNOWN_REPOSITORY, message.repository, "untracked repository")
         target = max(message.push_ids) if message.push_ids else None
         return self.sync(repository, target)
@@ -69,9 +63,8 @@ class HgmoHandler:
         forest_name, _, locale_code = message.repository.rpartition("/")
         forest = Forest.objects.filter(name=forest_name, archived=False).first()
         if forest is None:
-            logger.info("repo=%s msg=%s new repository outside known forests, acknowledged",
-                        message.repository, delivery.short_id)
-            return Result(UNKNOWN_REPOSITORY, message.repository, "no such forest")
+            return Result(UNKNOWN_REPOSITORY, message.repository,
+                          "new repository outside the tracked forests")
         with transaction.atomic():
             locale, _ = Locale.objects.get_or_create(code=locale_code[:30])
             repository, created = Repository.objects.get_or_create(
