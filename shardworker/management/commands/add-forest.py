@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from elmo.life.models import Forest
 from elmo.pushes.clones import check_repository_name
+from shardworker.checks import ensure_migrated
 from shardworker.errors import PermanentError
 
 
@@ -19,11 +20,12 @@ class Command(BaseCommand):
         parser.add_argument("name", help="the forest's path on the hg host, e.g. l10n-central")
 
     def handle(self, *args, **options) -> None:
-        name = options["name"].strip("/")
+        name = options["name"]
         try:
             check_repository_name(name)
         except PermanentError as error:
             raise CommandError(str(error)) from None
+        ensure_migrated()
         forest, created = Forest.objects.update_or_create(
             name=name,
             defaults={"url": settings.ELMO_HG_BASE_URL + name, "archived": False},

@@ -5,6 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from elmo.life.models import Forest, Locale, Repository
 from elmo.pushes.clones import check_repository_name
+from shardworker.checks import ensure_migrated
 from shardworker.errors import PermanentError
 
 
@@ -22,12 +23,14 @@ class Command(BaseCommand):
                             "for repositories in a forest, none otherwise)")
 
     def handle(self, *args, **options) -> None:
+        names = []
         for raw in options["names"]:
-            name = raw.strip("/")
             try:
-                check_repository_name(name)
+                names.append(check_repository_name(raw))
             except PermanentError as error:
                 raise CommandError(str(error)) from None
+        ensure_migrated()
+        for name in names:
             forest_name, _, last = name.rpartition("/")
             forest = Forest.objects.filter(name=forest_name).first() if forest_name else None
             code = options["locale"] or (last if forest else None)

@@ -1,17 +1,20 @@
 """`./manage.py consume-pulse`: run the Pulse worker in the foreground."""
 
+import logging
 import os
 from urllib.parse import urlsplit
 
+from amqp.exceptions import AccessRefused
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, connections
-from django.db.migrations.executor import MigrationExecutor
-from django.db.utils import OperationalError
+from django.db import connections
 
 from elmo.pushes.clones import find_hg
 from shardworker import broker
+from shardworker.checks import ensure_migrated
 from shardworker.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -68,18 +71,29 @@ class Command(BaseCommand):
         supervisor.run()
 
 
+def check_broker_credentials() -> None:
+    """Wrong credentials are the operator's to fix: stop. A broker that is
+    down may come back: the supervisor keeps trying."""
+    connection = broker.connect()
+    try:
+        connection.connect()
+    except AccessRefused:
+        raise CommandError(
+            f"the broker at {broker.safe_url(connection)} refused the credentials; "
+            "check PULSE_USER and PULSE_PASSWORD (or PULSE_URL)."
+        ) from None
+    except Exception as error:
+        logger.warning("broker at %s not reachable yet (%s); will keep trying",
+                       broker.safe_url(connection), str(error).strip() or type(error).__name__)
+    finally:
+        connection.release()
+
+
 def check_environment() -> None:
     """Fail at start, in one sentence, on what would otherwise fail in a shard."""
     broker.pulse_url()
-    try:
-        connection.ensure_connection()
-    except OperationalError as error:
-        where = settings.DATABASES["default"].get("HOST") or settings.DATABASES["default"]["NAME"]
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CommandError(f"cannot reach the database at {where}: {first}") from None
-    executor = MigrationExecutor(connection)
-    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
-        raise CommandError("the database is not migrated; run ./manage.py migrate first.")
+    ensure_migrated()
+    check_broker_credentials()
     try:
         find_hg(settings.ELMO_HG_COMMAND)
     except FileNotFoundError as error:
@@ -92,10 +106,6 @@ def check_environment() -> None:
                            f"{error.strerror}") from None
     if not os.access(root, os.W_OK):
         raise CommandError(f"ELMO_REPOSITORY_BASE {root} is not writable.")
-    if urlsplit(settings.ELMO_HG_BASE_URL).scheme != "https" and not settings.DEBUG:
-        # Plain http is for the local stand-in; say so once.
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "ELMO_HG_BASE_URL %s is not https", settings.ELMO_HG_BASE_URL
-        )
+    if urlsplit(settings.ELMO_HG_BASE_URL).scheme != "https":
+        # Plain http is for a local stand-in; say so once.
+        logger.warning("ELMO_HG_BASE_URL %s is not https", settings.ELMO_HG_BASE_URL)
