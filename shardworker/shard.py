@@ -23,6 +23,10 @@ def run_shard(index: int, pipe: Connection) -> None:
     # the whole process group must not cut a message in half.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from shardworker import metrics
+
+        metrics.use_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"], f"shard{index}")
 
     import django
 

@@ -20,10 +20,11 @@ from multiprocessing.connection import wait
 from kombu import Consumer
 from kombu.message import Message
 
-from shardworker import broker, deadletters
-from shardworker.deliveries import Delivery, route_to_shard
-from shardworker.results import DEAD_LETTERED, REQUEUED, Result
+from shardworker import broker, deadletters, metrics
+from shardworker.deliveries import SOURCES, Delivery, route_to_shard
+from shardworker.results import DEAD_LETTERED, OUTCOMES, PROCESSED, REQUEUED, Result
 from shardworker.shard import run_shard
+from shardworker.status import StatusServer
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ RECONNECT_BACKOFF_MAX = 60.0
 # A shard that lived less than this when it died was crash-looping.
 HEALTHY_UPTIME = 10.0
 MAX_READS_PER_WAKEUP = 64
+BACKLOG_INTERVAL = 15.0
+# /healthz fails when the main loop has not turned for this long.
+LOOP_STALL = 30.0
 
 
 @dataclass
@@ -59,6 +63,7 @@ class ShardProcess:
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float = 0.0
+    timed_out: bool = False
 
     @property
     def alive(self) -> bool:
@@ -69,7 +74,8 @@ class Supervisor:
     """One per `consume-pulse`: a loop you can read top to bottom in `run`."""
 
     def __init__(self, shards: int, prefetch: int, *, drain_seconds: float,
-                 max_crashes: int, message_timeout: float):
+                 max_crashes: int, message_timeout: float,
+                 status_address: tuple[str, int] | None = None):
         self.shards = [ShardProcess(index) for index in range(shards)]
         self.prefetch = prefetch
         self.drain_seconds = drain_seconds
@@ -84,20 +90,78 @@ class Supervisor:
         self.crashes: dict[str, int] = {}
         self.stop_signal: int | None = None
         self.hurry = False
+        self.metrics = metrics.get()
+        self.in_flight_shown: list[int | None] = [None] * shards
+        self.backlog_at = 0.0
+        self.loop_turned = time.monotonic()
+        self.status = None
+        if status_address is not None:
+            self.status = StatusServer(*status_address, health=self.health,
+                                       readiness=self.readiness)
 
     def run(self) -> int:
         self.install_signal_handlers()
         logger.info("supervisor starting %d shards", len(self.shards))
+        self.metrics["build"].labels(metrics.VERSION).set(1)
+        self.metrics["connected"].set(0)
+        for source in SOURCES.values():
+            # Series exist from the start, so rates and alerts see zeros.
+            for name in ("received", "redeliveries", "dead_letters", "processing"):
+                self.metrics[name].labels(source)
+            for outcome in OUTCOMES:
+                self.metrics["processed"].labels(source, outcome)
+        for reason in ("exit", "signal", "timeout"):
+            self.metrics["restarts"].labels(reason)
+        if self.status is not None:
+            self.status.start()
         for shard in self.shards:
             self.spawn_shard(shard)
         while self.stop_signal is None:
+            self.loop_turned = time.monotonic()
             if self.consumer is None and time.monotonic() >= self.reconnect_at:
                 self.connect()
             self.wait_for_events(timeout=1.0)
             self.reap_shards()
             self.dispatch()
+            self.measure()
         self.drain()
+        if self.status is not None:
+            self.status.stop()
         return EXIT_OK
+
+    # What the status endpoints and the gauges say.
+
+    def health(self) -> tuple[bool, str]:
+        stalled = time.monotonic() - self.loop_turned
+        if stalled > LOOP_STALL:
+            return False, f"supervisor loop stalled for {stalled:.0f} s"
+        dead = [str(shard.index) for shard in self.shards if not shard.alive]
+        if dead:
+            return False, f"shards not running: {', '.join(dead)}"
+        return True, f"supervisor and {len(self.shards)} shards alive"
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.consumer is None:
+            return False, "not connected to the broker"
+        return True, "consuming"
+
+    def measure(self) -> None:
+        """Update gauges that follow state: in flight per shard, backlog."""
+        for shard in self.shards:
+            count = len(shard.pending) + (1 if shard.current else 0)
+            if self.in_flight_shown[shard.index] != count:
+                self.metrics["in_flight"].labels(str(shard.index)).set(count)
+                self.in_flight_shown[shard.index] = count
+        now = time.monotonic()
+        if self.consumer is None or now < self.backlog_at:
+            return
+        self.backlog_at = now + BACKLOG_INTERVAL
+        try:
+            for queue in self.consumer.queues:
+                _, waiting, _ = self.consumer.channel.queue_declare(queue.name, passive=True)
+                self.metrics["backlog"].labels(queue.name).set(waiting)
+        except self.recoverable_errors() as error:
+            self.disconnected(error)
 
     # Signals: the handlers only record; the main loop acts.
 
@@ -144,6 +208,7 @@ class Supervisor:
                 logger.error("shard=%d repo=%s msg=%s busy for over %.0f s; killing it",
                              shard.index, shard.current.delivery.routing_key[:100],
                              shard.current.delivery.short_id, self.message_timeout)
+                shard.timed_out = True
                 shard.process.kill()
                 shard.process.join(5)
             if shard.process.is_alive():
@@ -155,6 +220,9 @@ class Supervisor:
         how = f"was killed by signal {-code}" if code is not None and code < 0 else \
             f"exited with code {code}"
         logger.error("shard=%d (pid %d) %s", shard.index, shard.process.pid, how)
+        reason = "timeout" if shard.timed_out else "signal" if code and code < 0 else "exit"
+        self.metrics["restarts"].labels(reason).inc()
+        shard.timed_out = False
         shard.pipe.close()
         shard.process, shard.pipe, shard.ready = None, None, False
         if now - shard.started_at < HEALTHY_UPTIME:
@@ -253,11 +321,12 @@ class Supervisor:
             shard.ready = True
             logger.info("shard=%d ready", shard.index)
             return
-        _, message_id, result, _seconds = report
+        _, message_id, result, seconds = report
         assignment, shard.current = shard.current, None
         if assignment is None or assignment.delivery.message_id != message_id:
             logger.error("shard=%d reported a message it was not given", shard.index)
             return
+        self.metrics["processing"].labels(assignment.delivery.source).observe(seconds)
         self.crashes.pop(message_id, None)
         self.settle(assignment, result)
 
@@ -274,6 +343,13 @@ class Supervisor:
                 assignment.message.requeue()
         except self.recoverable_errors() as error:
             self.disconnected(error)
+            return
+        source = assignment.delivery.source
+        self.metrics["processed"].labels(source, result.outcome).inc()
+        if result.outcome == DEAD_LETTERED:
+            self.metrics["dead_letters"].labels(source).inc()
+        elif result.outcome == PROCESSED:
+            self.metrics["last_success"].labels(source).set(time.time())
 
     def recoverable_errors(self) -> tuple:
         errors = (OSError, socket.timeout)
@@ -303,6 +379,8 @@ class Supervisor:
         self.connection, self.consumer = connection, consumer
         self.generation += 1
         self.connect_failures = 0
+        self.backlog_at = 0.0
+        self.metrics["connected"].set(1)
         names = ", ".join(queue.name for queue in consumer.queues)
         logger.info("connected to %s, consuming %s (prefetch %d)", address, names,
                     self.prefetch)
@@ -315,6 +393,7 @@ class Supervisor:
         except Exception:
             pass
         self.connection = self.consumer = None
+        self.metrics["connected"].set(0)
         self.generation += 1
         for shard in self.shards:
             shard.pending.clear()
@@ -362,8 +441,12 @@ class Supervisor:
             headers=headers,
             redelivered=bool(info.get("redelivered")),
         )
+        self.metrics["received"].labels(delivery.source).inc()
+        if delivery.redelivered:
+            self.metrics["redeliveries"].labels(delivery.source).inc()
         if self.stop_signal is not None:
             message.requeue()
+            self.metrics["processed"].labels(delivery.source, REQUEUED).inc()
             return
         shard = self.shards[route_to_shard(delivery, len(self.shards))]
         logger.debug("shard=%d repo=%s msg=%s received%s", shard.index,
@@ -390,6 +473,8 @@ class Supervisor:
                         assignment = shard.pending.popleft()
                         if assignment.generation == self.generation:
                             assignment.message.requeue()
+                            self.metrics["processed"].labels(
+                                assignment.delivery.source, REQUEUED).inc()
             except self.recoverable_errors() as error:
                 self.disconnected(error)
         for shard in self.shards:
@@ -411,6 +496,7 @@ class Supervisor:
         self.stop_shards()
         if self.connection is not None:
             self.connection.release()
+        self.metrics["connected"].set(0)
         logger.info("supervisor stopped")
 
     def reap_dead_without_restart(self) -> None:

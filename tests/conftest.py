@@ -139,6 +139,7 @@ def worker_environment(tmp_path: Path, hgmo: HgmoStandIn, queue_suffix: str,
         ELMO_RETRY_MAX_SECONDS="1",
         ELMO_MAX_ATTEMPTS="3",
         ELMO_LOG_LEVEL="DEBUG",
+        ELMO_METRICS_PORT="0",
     )
     return environment
 

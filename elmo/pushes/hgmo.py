@@ -3,6 +3,7 @@ message, update the clone under its lock, and sync pushes from the pushlog."""
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ from elmo.life.models import Forest, Locale, Repository
 from elmo.pushes.clones import Clones, check_repository_name
 from elmo.pushes.pushlog import PushlogPush, fetch_page
 from elmo.pushes.records import record_pushes
+from shardworker import metrics
 from shardworker.deliveries import Delivery
 from shardworker.errors import PermanentError
 from shardworker.results import IGNORED, PROCESSED, UNKNOWN_REPOSITORY, Result
@@ -85,13 +87,17 @@ class HgmoHandler:
         a later sync resumes from the last recorded push.
         """
         url = self.base_url + repository.name
+        measures = metrics.get()
         with self.clones.locked(repository.name) as waited:
+            measures["lock_wait"].observe(waited)
             last = repository.last_known_push()
             if target is not None and target <= last and self.clones.exists(repository.name):
                 return Result(PROCESSED, repository.name,
                               f"already at push {last}, nothing to do, lock wait {waited:.2f}s")
             pages = self.read_pushlog(url, last, target)
+            started = time.monotonic()
             update = self.clones.update(repository.name, url)
+            measures["clone_update"].labels(update).observe(time.monotonic() - started)
             pushes = changesets = 0
             for page in pages:
                 counted = record_pushes(repository, page)

@@ -2,6 +2,11 @@
 
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from amqp.exceptions import AccessRefused
@@ -10,9 +15,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from elmo.pushes.clones import find_hg
-from shardworker import broker
+from shardworker import broker, metrics
 from shardworker.checks import ensure_migrated
-from shardworker.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,16 @@ class Command(BaseCommand):
                  "(default: 3)",
         )
         parser.add_argument(
+            "--metrics-address", default=settings.ELMO_METRICS_ADDRESS,
+            help="address for /metrics, /healthz and /readyz (default: ELMO_METRICS_ADDRESS "
+                 "or 127.0.0.1)",
+        )
+        parser.add_argument(
+            "--metrics-port", type=int, default=settings.ELMO_METRICS_PORT,
+            help="port for /metrics, /healthz and /readyz; 0 picks a free one and logs it "
+                 "(default: ELMO_METRICS_PORT or 9191)",
+        )
+        parser.add_argument(
             "--message-timeout", type=float, default=3600.0,
             help="seconds a shard may spend on one message before it is killed and the "
                  "message counts as a crash (default: 3600)",
@@ -60,15 +74,40 @@ class Command(BaseCommand):
             raise CommandError(f"--prefetch must be between {shards} and 10000.")
         if options["max_crashes"] < 1:
             raise CommandError("--max-crashes must be at least 1.")
+        if not 0 <= options["metrics_port"] <= 65535:
+            raise CommandError("--metrics-port must be between 0 and 65535.")
         check_environment()
         connections.close_all()
-        supervisor = Supervisor(
-            shards, prefetch,
-            drain_seconds=options["drain_seconds"],
-            max_crashes=options["max_crashes"],
-            message_timeout=options["message_timeout"],
-        )
-        supervisor.run()
+        with metrics_directory() as directory:
+            metrics.use_directory(directory, "supervisor", empty=True)
+            from shardworker.supervisor import Supervisor
+
+            address = (options["metrics_address"], options["metrics_port"])
+            try:
+                supervisor = Supervisor(
+                    shards, prefetch,
+                    drain_seconds=options["drain_seconds"],
+                    max_crashes=options["max_crashes"],
+                    message_timeout=options["message_timeout"],
+                    status_address=address,
+                )
+            except OSError as error:
+                raise CommandError(f"cannot serve metrics on {address[0]}:{address[1]}: "
+                                   f"{error.strerror or error}") from None
+            supervisor.run()
+
+
+@contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """PROMETHEUS_MULTIPROC_DIR, emptied; or a private one removed at exit."""
+    if settings.PROMETHEUS_MULTIPROC_DIR:
+        yield Path(settings.PROMETHEUS_MULTIPROC_DIR)
+        return
+    directory = Path(tempfile.mkdtemp(prefix="elmo-metrics-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def check_broker_credentials() -> None:
