@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "elmo.life",
     "elmo.pushes",
+    "elmo.l10nstats",
     "shardworker",
 ]
 
@@ -122,7 +123,13 @@ ELMO_RETRY_MAX_SECONDS = env.seconds("ELMO_RETRY_MAX_SECONDS", 60.0)
 ELMO_SHARDS = env.whole_number("ELMO_SHARDS", 4, minimum=1)
 ELMO_DRAIN_SECONDS = env.seconds("ELMO_DRAIN_SECONDS", 60.0)
 
+# Taskcluster: comparisons are consumed only when TASKCLUSTER_ROOT_URL is set.
 TASKCLUSTER_ROOT_URL = env.text("TASKCLUSTER_ROOT_URL", "")
+if TASKCLUSTER_ROOT_URL:
+    TASKCLUSTER_ROOT_URL = env.base_url("TASKCLUSTER_ROOT_URL", "").rstrip("/")
+ELMO_TASKCLUSTER_ROUTE = env.text("ELMO_TASKCLUSTER_ROUTE", "project.l10n.elmo.v1")
+PULSE_QUEUE_TASKCLUSTER = env.text("PULSE_QUEUE_TASKCLUSTER", "taskcluster")
+ELMO_DETAILS_MAX_BYTES = env.whole_number("ELMO_DETAILS_MAX_BYTES", 16 * 1024 * 1024, 1024)
 PROMETHEUS_MULTIPROC_DIR = env.text("PROMETHEUS_MULTIPROC_DIR", "")
 ELMO_METRICS_ADDRESS = env.text("ELMO_METRICS_ADDRESS", "127.0.0.1")
 ELMO_METRICS_PORT = env.whole_number("ELMO_METRICS_PORT", 9191)

@@ -10,9 +10,9 @@ from urllib.parse import quote, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from kombu import Connection, Exchange, Queue
+from kombu import Connection, Exchange, Queue, binding
 
-from shardworker.deliveries import HGMO_EXCHANGE
+from shardworker.deliveries import HGMO_EXCHANGE, TASKCLUSTER_EXCHANGES
 
 # A replayed dead letter reaches its queue through the default exchange; these
 # headers carry where it first came from.
@@ -22,11 +22,15 @@ REPLAY_ROUTING_KEY = "x-elmo-replay-routing-key"
 
 @dataclass(frozen=True)
 class Binding:
-    """One queue of the worker and what it is bound to."""
+    """One queue of the worker and the (exchange, routing key) pairs it is
+    bound to."""
 
     queue_suffix: str
-    exchange: str
-    routing_key: str
+    routes: tuple[tuple[str, str], ...]
+
+    @property
+    def exchanges(self) -> set[str]:
+        return {exchange for exchange, _ in self.routes}
 
 
 def pulse_url() -> str:
@@ -62,7 +66,13 @@ def connect() -> Connection:
 
 
 def bindings() -> list[Binding]:
-    return [Binding(settings.PULSE_QUEUE_HGMO, HGMO_EXCHANGE, "#")]
+    """hg.mozilla.org always; Taskcluster when TASKCLUSTER_ROOT_URL is set."""
+    result = [Binding(settings.PULSE_QUEUE_HGMO, ((HGMO_EXCHANGE, "#"),))]
+    if settings.TASKCLUSTER_ROOT_URL:
+        route = f"route.{settings.ELMO_TASKCLUSTER_ROUTE}"
+        result.append(Binding(settings.PULSE_QUEUE_TASKCLUSTER,
+                              tuple((exchange, route) for exchange in TASKCLUSTER_EXCHANGES)))
+    return result
 
 
 def queue_name(binding: Binding) -> str:
@@ -73,13 +83,15 @@ def queues() -> list[Queue]:
     """The worker's durable queues, bound to their (existing) exchanges."""
     return [
         Queue(
-            queue_name(binding),
-            exchange=Exchange(binding.exchange, type="topic", passive=True),
-            routing_key=binding.routing_key,
+            queue_name(bound),
+            bindings=[
+                binding(Exchange(exchange, type="topic", passive=True), routing_key=key)
+                for exchange, key in bound.routes
+            ],
             durable=True,
             auto_delete=False,
         )
-        for binding in bindings()
+        for bound in bindings()
     ]
 
 

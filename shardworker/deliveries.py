@@ -5,9 +5,15 @@ import hashlib
 from dataclasses import dataclass, field
 
 HGMO_EXCHANGE = "exchange/hgpushes/v2"
+TASKCLUSTER_EXCHANGES = (
+    "exchange/taskcluster-queue/v1/task-completed",
+    "exchange/taskcluster-queue/v1/task-failed",
+    "exchange/taskcluster-queue/v1/task-exception",
+)
 
 SOURCES = {
     HGMO_EXCHANGE: "hgmo",
+    **{exchange: "taskcluster" for exchange in TASKCLUSTER_EXCHANGES},
 }
 
 
@@ -42,8 +48,13 @@ class Delivery:
 
     @property
     def repository_key(self) -> str:
-        """What the message is about, for routing: hg.mozilla.org puts the
-        repository path in the routing key."""
+        """What the message is about, for routing. hg.mozilla.org puts the
+        repository path in the routing key. A Taskcluster routing key starts
+        `primary.<taskId>.<runId>.`: every run of a task goes to one shard,
+        so a retried run never races its predecessor (docs/design.md)."""
+        if self.source == "taskcluster":
+            parts = self.routing_key.split(".")
+            return f"taskcluster:{parts[1] if len(parts) > 1 else self.routing_key}"
         return f"{self.source}:{self.routing_key}"
 
 

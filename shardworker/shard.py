@@ -56,6 +56,13 @@ class Shard:
                                 pushlog_page=settings.ELMO_PUSHLOG_PAGE,
                                 pushlog_max_bytes=settings.ELMO_PUSHLOG_MAX_BYTES),
         }
+        if settings.TASKCLUSTER_ROOT_URL:
+            from elmo.l10nstats.taskcluster import TaskclusterHandler
+
+            handlers["taskcluster"] = TaskclusterHandler(
+                settings.TASKCLUSTER_ROOT_URL, settings.ELMO_TASKCLUSTER_ROUTE,
+                http_timeout=settings.ELMO_HTTP_TIMEOUT,
+            )
         self.processor = Processor(
             handlers,
             max_attempts=settings.ELMO_MAX_ATTEMPTS,

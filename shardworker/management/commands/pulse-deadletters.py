@@ -104,7 +104,8 @@ class Command(BaseCommand):
     def replay(self, letters: QuerySet) -> None:
         """Publish each letter to its source's queue through the default
         exchange; the original exchange and routing key travel in headers."""
-        queues = {binding.exchange: broker.queue_name(binding) for binding in broker.bindings()}
+        queues = {exchange: broker.queue_name(bound) for bound in broker.bindings()
+                  for exchange in bound.exchanges}
         replayed = 0
         with broker.connect() as connection:
             producer = connection.Producer()

@@ -1,0 +1,104 @@
+"""Fetching a comparison's detail file from Taskcluster, once, on the first
+request that needs it. The queue answers the artifact call with a storage
+URL; the file itself comes from there, with a size limit and a timeout."""
+
+import json
+import logging
+
+import requests
+import taskcluster
+from django.conf import settings
+from django.utils import timezone
+
+from elmo.l10nstats.models import Run
+
+logger = logging.getLogger(__name__)
+
+
+class DetailsUnavailable(Exception):
+    """Taskcluster or its storage could not answer now; try again later."""
+
+
+def ensure_details(run: Run) -> Run:
+    """Fetch and keep the details of `run` unless they are settled already.
+
+    Expired (404) and error (424) artifacts are settled states; a failure
+    that may heal raises DetailsUnavailable and keeps the run pending.
+    """
+    if run.details_state != Run.PENDING:
+        return run
+    task_run = run.task_run
+    queue = taskcluster.Queue({"rootUrl": settings.TASKCLUSTER_ROOT_URL, "maxRetries": 1})
+    try:
+        answer = queue.artifact(task_run.task_id, str(task_run.run_id), run.artifact)
+    except taskcluster.exceptions.TaskclusterRestFailure as error:
+        status = getattr(error, "status_code", None)
+        if status == 404:
+            return settle(run, Run.EXPIRED, "the artifact has expired")
+        if status == 424:
+            return settle(run, Run.FAILED, f"the task reported an error artifact: {error}")
+        raise DetailsUnavailable(f"Taskcluster answered {status}") from None
+    except taskcluster.exceptions.TaskclusterConnectionError:
+        raise DetailsUnavailable("Taskcluster is unreachable") from None
+    url = answer.get("url") if isinstance(answer, dict) else None
+    if not isinstance(url, str):
+        return settle(run, Run.FAILED, "Taskcluster gave no storage URL")
+    body = download(url)
+    if body is None:
+        return settle(run, Run.EXPIRED, "the stored file is gone")
+    try:
+        details = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return settle(run, Run.FAILED, "the detail file is not JSON")
+    run.details = details
+    return settle(run, Run.FETCHED, "")
+
+
+def download(url: str) -> bytes | None:
+    """The file at `url`; None when storage says it is gone."""
+    limit = settings.ELMO_DETAILS_MAX_BYTES
+    try:
+        with requests.get(url, timeout=settings.ELMO_HTTP_TIMEOUT, stream=True) as response:
+            if response.status_code in (403, 404, 410):
+                return None
+            if response.status_code != 200:
+                raise DetailsUnavailable(f"storage answered {response.status_code}")
+            body = b""
+            for chunk in response.iter_content(64 * 1024):
+                body += chunk
+                if len(body) > limit:
+                    raise DetailsUnavailable(f"the detail file exceeds {limit} bytes")
+            return body
+    except requests.RequestException as error:
+        raise DetailsUnavailable(f"storage is unreachable: {type(error).__name__}") from None
+
+
+def settle(run: Run, state: str, error: str) -> Run:
+    run.details_state = state
+    run.details_error = error
+    run.details_fetched = timezone.now()
+    run.save(update_fields=["details", "details_state", "details_error", "details_fetched"])
+    logger.info("comparison=%d task=%s details %s %s", run.id, run.task_run.task_id, state,
+                error)
+    return run
+
+
+def files_of(details: object) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(path, [(kind, text)]) per file of a compare-locales detail file.
+
+    compare-locales writes `details` as a mapping of file paths to lists of
+    one-key objects such as {"missingEntity": "key"} or {"error": "..."}.
+    """
+    tree = details.get("details", details) if isinstance(details, dict) else {}
+    if not isinstance(tree, dict):
+        return []
+    files = []
+    for path, entries in sorted(tree.items()):
+        rows = []
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if isinstance(entry, dict):
+                rows.extend((str(kind), str(text)) for kind, text in entry.items())
+            else:
+                rows.append(("note", str(entry)))
+        files.append((str(path), rows))
+    return files
