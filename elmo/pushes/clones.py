@@ -30,6 +30,20 @@ SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 REPOSITORY_NAME = re.compile(rf"{SEGMENT}(/{SEGMENT}){{0,4}}")
 LOCK_DIRECTORY = ".locks"
 
+# What hg says about a damaged clone, and the repair each calls for. The
+# worker may repair because it holds the clone's file lock: nobody else is
+# writing to the clone.
+STALE_LOCK = ("timed out waiting for lock", "lock held by")
+INTERRUPTED = ("abandoned transaction", "hg recover")
+DAMAGED = ("is corrupted", "unknown parent", "damaged", "integrity check failed",
+           "no match found", "empty or missing", "not found!", "checksum mismatch",
+           "unknown revlog", "no node")
+HG_LOCK_FILES = (".hg/wlock", ".hg/store/lock")
+
+
+class HgFailed(TransientError):
+    """hg exited non-zero; its last line of output says why."""
+
 
 def check_repository_name(name: str) -> str:
     """Return `name` if it is a safe repository path, else raise PermanentError."""
@@ -116,14 +130,51 @@ class Clones:
     def update(self, name: str, url: str) -> str:
         """Bring the clone up to date with `url`: clone if missing, else pull.
 
-        Call it while holding the lock. Returns "cloned" or "pulled".
+        Call it while holding the lock. A damaged clone is repaired: stale
+        hg locks are broken, an interrupted transaction is rolled back, and
+        a corrupt store is cloned again. Returns "cloned", "pulled" or
+        "repaired".
         """
         path = self.path_for(name)
-        if self.exists(name):
-            self.run(["-R", str(path), "pull", "--", url], name)
+        if not self.exists(name):
+            self.clone(name, url)
+            return "cloned"
+        pull = ["-R", str(path), "pull", "--", url]
+        try:
+            self.run(pull, name)
             return "pulled"
-        self.clone(name, url)
-        return "cloned"
+        except HgFailed as failure:
+            repair = self.repair_for(str(failure))
+            if repair is None:
+                raise
+            logger.warning("repo=%s clone damaged (%s); repairing: %s", name, failure, repair)
+            self.count_repair(repair)
+        if repair == "break-locks":
+            for lock_file in HG_LOCK_FILES:
+                (path / lock_file).unlink(missing_ok=True)
+        elif repair == "recover":
+            self.run(["-R", str(path), "recover"], name)
+        if repair == "reclone":
+            self.clone(name, url)
+        else:
+            self.run(pull, name)
+        return "repaired"
+
+    @staticmethod
+    def repair_for(error: str) -> str | None:
+        if any(text in error for text in STALE_LOCK):
+            return "break-locks"
+        if any(text in error for text in INTERRUPTED):
+            return "recover"
+        if any(text in error for text in DAMAGED):
+            return "reclone"
+        return None
+
+    @staticmethod
+    def count_repair(repair: str) -> None:
+        from shardworker import metrics
+
+        metrics.get()["clone_repairs"].labels(repair).inc()
 
     def clone(self, name: str, url: str) -> None:
         """Clone into a scratch directory beside the target and move it in
@@ -146,7 +197,8 @@ class Clones:
 
     def run(self, arguments: list[str], name: str) -> str:
         """Run hg; a failure that may heal raises TransientError."""
-        command = [self.hg, "--config", "ui.interactive=false", *arguments]
+        command = [self.hg, "--config", "ui.interactive=false", "--config", "ui.timeout=10",
+                   *arguments]
         try:
             result = subprocess.run(
                 command,
@@ -166,4 +218,4 @@ class Clones:
         error = error.splitlines()[-1] if error else f"exit code {result.returncode}"
         if "HTTP Error 404" in error:
             raise PermanentError(f"the hg host does not know {name}: {error}")
-        raise TransientError(f"hg failed for {name}: {error}")
+        raise HgFailed(f"hg failed for {name}: {error}")
