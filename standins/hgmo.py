@@ -409,8 +409,11 @@ class HgmoStandIn:
     # Faults
 
     def fail_next(self, count: int, status: int = 500) -> None:
-        """Answer the next `count` requests, whatever their path, with HTTP `status`."""
+        """Answer the next `count` requests, whatever their path, with HTTP `status`;
+        0 ends the failures still pending."""
         with self._state_lock:
+            if count == 0:
+                self._failures.clear()
             self._failures.extend([status] * count)
 
     # Serving

@@ -15,6 +15,7 @@ import pytest
 from django.db import connection
 
 from standins.hgmo import HgmoPublisher, HgmoStandIn
+from standins.taskcluster import TaskclusterPublisher, TaskclusterStandIn
 
 PROJECT = Path(__file__).resolve().parent.parent
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -66,16 +67,29 @@ def queue_suffix() -> Iterator[str]:
     suffix = f"test-{uuid.uuid4().hex[:10]}"
     yield suffix
     with kombu.Connection(AMQP_URL) as broker:
-        channel = broker.channel()
-        try:
-            channel.queue_delete(f"queue/guest/{suffix}")
-        except Exception:
-            pass
+        for name in (f"queue/guest/{suffix}", f"queue/guest/{suffix}-tc"):
+            try:
+                broker.channel().queue_delete(name)
+            except Exception:
+                pass
 
 
 @pytest.fixture
 def publisher() -> Iterator[HgmoPublisher]:
     with HgmoPublisher(AMQP_URL) as publisher:
+        yield publisher
+
+
+@pytest.fixture
+def taskcluster(tmp_path: Path) -> Iterator[TaskclusterStandIn]:
+    with TaskclusterStandIn(tmp_path / "taskcluster") as standin:
+        yield standin
+
+
+@pytest.fixture
+def task_publisher() -> Iterator[TaskclusterPublisher]:
+    """Publishes task resolutions; creating it declares the queue's exchanges."""
+    with TaskclusterPublisher(AMQP_URL) as publisher:
         yield publisher
 
 

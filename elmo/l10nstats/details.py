@@ -33,13 +33,16 @@ def ensure_details(run: Run) -> Run:
         answer = queue.artifact(task_run.task_id, str(task_run.run_id), run.artifact)
     except taskcluster.exceptions.TaskclusterRestFailure as error:
         status = getattr(error, "status_code", None)
-        if status == 404:
+        if status in (404, 410):
             return settle(run, Run.EXPIRED, "the artifact has expired")
         if status == 424:
             return settle(run, Run.FAILED, f"the task reported an error artifact: {error}")
         raise DetailsUnavailable(f"Taskcluster answered {status}") from None
     except taskcluster.exceptions.TaskclusterConnectionError:
         raise DetailsUnavailable("Taskcluster is unreachable") from None
+    if isinstance(answer, dict) and answer.get("storageType") == "error":
+        reason = answer.get("message") or answer.get("reason") or "no reason given"
+        return settle(run, Run.FAILED, f"the task reported an error artifact: {reason}")
     url = answer.get("url") if isinstance(answer, dict) else None
     if not isinstance(url, str):
         return settle(run, Run.FAILED, "Taskcluster gave no storage URL")
@@ -86,19 +89,31 @@ def settle(run: Run, state: str, error: str) -> Run:
 def files_of(details: object) -> list[tuple[str, list[tuple[str, str]]]]:
     """(path, [(kind, text)]) per file of a compare-locales detail file.
 
-    compare-locales writes `details` as a mapping of file paths to lists of
-    one-key objects such as {"missingEntity": "key"} or {"error": "..."}.
+    compare-locales writes a list with one object per project configuration,
+    each with `summary` and `details`. `details` is a tree of path segments
+    (a lone child is merged into its parent's key, as in `toolkit/x.ftl`)
+    whose leaves are lists of one-key objects such as
+    {"missingEntity": "key"}, {"error": "..."} or {"missingFile": "error"}.
     """
-    tree = details.get("details", details) if isinstance(details, dict) else {}
-    if not isinstance(tree, dict):
-        return []
-    files = []
-    for path, entries in sorted(tree.items()):
+    documents = details if isinstance(details, list) else [details]
+    files: list[tuple[str, list[tuple[str, str]]]] = []
+    for document in documents:
+        if isinstance(document, dict) and "details" in document:
+            _walk(document["details"], "", files)
+    return files
+
+
+def _walk(node: object, prefix: str, files: list, depth: int = 0) -> None:
+    if depth > 50:
+        return
+    if isinstance(node, list):
         rows = []
-        for entry in entries if isinstance(entries, list) else [entries]:
+        for entry in node:
             if isinstance(entry, dict):
                 rows.extend((str(kind), str(text)) for kind, text in entry.items())
             else:
                 rows.append(("note", str(entry)))
-        files.append((str(path), rows))
-    return files
+        files.append((prefix, rows))
+    elif isinstance(node, dict):
+        for key, child in sorted(node.items()):
+            _walk(child, f"{prefix}/{key}" if prefix else str(key), files, depth + 1)

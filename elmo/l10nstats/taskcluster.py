@@ -109,6 +109,8 @@ class TaskclusterHandler:
     def read_elmo_json(self, message: TaskMessage) -> object:
         name = self.find_elmo_json(message)
         answer = self.call(self.queue.artifact, message.task_id, str(message.run_id), name)
+        if isinstance(answer, dict) and answer.get("storageType") == "error":
+            raise PermanentError(f"{name} is an error artifact: {answer.get('message', '')}")
         url = answer.get("url") if isinstance(answer, dict) else None
         if not isinstance(url, str):
             raise PermanentError(f"Taskcluster gave no URL for {name}")
