@@ -1,10 +1,11 @@
 """`make demo`: the worker end to end on local defaults.
 
-Starts the hg.mozilla.org stand-in with a few locale repositories, runs
-`consume-pulse --shards 4` against the local RabbitMQ and a SQLite database
-under var/demo, streams pushes (merges included) through the broker, waits
-until all are recorded, and prints what was ingested and whether it matches
-the stand-in.
+Starts stand-ins for hg.mozilla.org (a few locale repositories) and the
+Taskcluster queue, runs `consume-pulse --shards 4` against the local
+RabbitMQ and a SQLite database under var/demo, streams pushes (merges
+included) through the broker, then finishes a few compare-locales tasks,
+waits until all is recorded, and prints what was ingested and whether it
+matches the stand-ins.
 """
 
 import os
@@ -36,10 +37,16 @@ def main() -> int:
         PULSE_QUEUE_HGMO="demo-hgmo",
     )
     from standins.hgmo import HgmoPublisher, HgmoStandIn
+    from standins.taskcluster import TaskclusterPublisher, TaskclusterStandIn
 
-    with HgmoStandIn(DEMO / "hgmo") as hgmo, HgmoPublisher(AMQP_URL) as publisher:
+    with HgmoStandIn(DEMO / "hgmo") as hgmo, HgmoPublisher(AMQP_URL) as publisher, \
+            TaskclusterStandIn(DEMO / "taskcluster") as taskcluster, \
+            TaskclusterPublisher(AMQP_URL) as task_publisher:
         os.environ["ELMO_HG_BASE_URL"] = hgmo.base_url
+        os.environ["TASKCLUSTER_ROOT_URL"] = taskcluster.root_url
+        os.environ["PULSE_QUEUE_TASKCLUSTER"] = "demo-taskcluster"
         print(f"hg.mozilla.org stand-in at {hgmo.base_url}")
+        print(f"Taskcluster queue stand-in at {taskcluster.root_url}")
         import django
 
         django.setup()
@@ -51,19 +58,25 @@ def main() -> int:
         call_command("add-forest", FOREST)
         call_command("add-repository", *[f"{FOREST}/{locale}" for locale in LOCALES])
         purge_queue("queue/guest/demo-hgmo")
+        purge_queue("queue/guest/demo-taskcluster")
 
         log_path = DEMO / "worker.log"
         print(f"starting consume-pulse --shards 4 (log: {log_path.relative_to(PROJECT)})")
         worker = start_worker(log_path)
         try:
             sent = stream_pushes(hgmo, publisher)
-            print(f"published {sent} messages; waiting for the worker")
+            print(f"published {sent} push messages; waiting for the worker")
             matched = wait_for_ingest(hgmo, timeout=180)
+            tasks = finish_tasks(hgmo, taskcluster, task_publisher)
+            print(f"published {len(tasks)} compare-locales task results")
+            compared = wait_for_comparisons(len(tasks), timeout=120)
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(90)
             delete_queue("queue/guest/demo-hgmo")
-        return report(hgmo, matched)
+            delete_queue("queue/guest/demo-taskcluster")
+        status = report(hgmo, matched)
+        return report_comparisons(compared) or status
 
 
 def start_worker(log_path: Path) -> subprocess.Popen:
@@ -148,6 +161,57 @@ def stream_pushes(hgmo, publisher) -> int:
         hgmo.push(new_repository, {"browser/new.ftl": f"n = {number}\n"})
     publisher.publish_newrepo(hgmo, new_repository)
     return sent + 1
+
+
+def finish_tasks(hgmo, taskcluster, task_publisher) -> list[str]:
+    """One compare-locales task per locale, comparing its latest revision,
+    with real compare-locales details; and one task that failed."""
+    from standins.compare_locales_fixtures import FIXTURES, REFERENCE_DIR, run_compare_locales
+    from standins.taskcluster import comparison, elmo_json
+
+    details = run_compare_locales(REFERENCE_DIR, FIXTURES / "de", "de")
+    tasks = []
+    for locale in LOCALES:
+        name = f"{FOREST}/{locale}"
+        tip = hgmo.pushlog(name)[-1]["nodes"][-1]
+        artifact = f"public/compare-locales/{locale}.json"
+        document = elmo_json([comparison(locale, "browser/locales/l10n.toml", artifact,
+                                         {name: tip}, details["summary"]["de"])],
+                             repository=name)
+        task_id = taskcluster.create_task(artifacts={"public/elmo.json": document,
+                                                     artifact: details})
+        task_publisher.publish_completed(taskcluster, task_id)
+        tasks.append(task_id)
+    failed = taskcluster.create_task(state="failed")
+    task_publisher.publish_failed(taskcluster, failed)
+    return tasks
+
+
+def wait_for_comparisons(count: int, timeout: float) -> bool:
+    from elmo.l10nstats.models import Run, TaskRun
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if Run.objects.count() == count and TaskRun.objects.filter(state="failed").exists():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def report_comparisons(compared: bool) -> int:
+    from elmo.l10nstats.models import Run, TaskRun
+
+    print()
+    print(f"{'locale':<8} {'completion':>10} {'missing':>8} {'errors':>7}  revision")
+    for run in Run.objects.select_related("locale").order_by("locale__code"):
+        revisions = ", ".join(c.shortrev for c in run.revisions.all())
+        print(f"{run.locale.code:<8} {run.completion:>9}% {run.missing:>8} {run.errors:>7}  "
+              f"{revisions}")
+    failed = TaskRun.objects.filter(state="failed").count()
+    print(f"comparisons: {Run.objects.count()}, failed task runs: {failed}; the web side "
+          "shows them at /comparisons/ (./manage.py runserver with the demo's settings)")
+    print("comparisons recorded: " + ("yes" if compared else "NO"))
+    return 0 if compared else 1
 
 
 def expected(hgmo) -> dict[str, tuple[int, int]]:
