@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 class Command(BaseCommand):
     help = (
-        "Consume hg.mozilla.org push messages from Pulse and record them in the database, "
+        "Consume hg.mozilla.org push messages (and, with TASKCLUSTER_ROOT_URL set, "
+        "Taskcluster compare-locales results) from Pulse and record them in the database, "
         "with one supervisor and N shard processes. SIGTERM or Ctrl-C drains: in-flight "
         "messages finish and are acknowledged, the others go back to the queue. Settings "
         "come from the environment (PULSE_*, DATABASE_URL, ELMO_*); see docs/operations.md."
