@@ -112,6 +112,10 @@ class Supervisor:
                 self.metrics["processed"].labels(source, outcome)
         for reason in ("exit", "signal", "timeout"):
             self.metrics["restarts"].labels(reason)
+        for operation in ("cloned", "pulled", "repaired"):
+            self.metrics["clone_update"].labels(operation)
+        for repair in ("break-locks", "recover", "reclone"):
+            self.metrics["clone_repairs"].labels(repair)
         if self.status is not None:
             self.status.start()
         for shard in self.shards:
