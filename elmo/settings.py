@@ -125,6 +125,11 @@ ELMO_RETRY_MAX_SECONDS = env.seconds("ELMO_RETRY_MAX_SECONDS", 60.0)
 ELMO_SHARDS = env.whole_number("ELMO_SHARDS", 4, minimum=1)
 ELMO_DRAIN_SECONDS = env.seconds("ELMO_DRAIN_SECONDS", 60.0)
 
+# GitHub: pushes are consumed only when ELMO_GITHUB is on.
+ELMO_GITHUB = env.flag("ELMO_GITHUB", False)
+ELMO_GITHUB_BASE_URL = env.base_url("ELMO_GITHUB_BASE_URL", "https://github.com/")
+PULSE_QUEUE_GITHUB = env.text("PULSE_QUEUE_GITHUB", "github")
+
 # Taskcluster: comparisons are consumed only when TASKCLUSTER_ROOT_URL is set.
 TASKCLUSTER_ROOT_URL = env.text("TASKCLUSTER_ROOT_URL", "")
 if TASKCLUSTER_ROOT_URL:

@@ -12,7 +12,12 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Connection, Exchange, Queue, binding
 
-from shardworker.deliveries import HGMO_EXCHANGE, TASKCLUSTER_EXCHANGES
+from shardworker.deliveries import (
+    GITHUB_PUSH_EXCHANGE,
+    GITHUB_WEBHOOKS_EXCHANGE,
+    HGMO_EXCHANGE,
+    TASKCLUSTER_EXCHANGES,
+)
 
 # A replayed dead letter reaches its queue through the default exchange; these
 # headers carry where it first came from.
@@ -66,12 +71,17 @@ def connect() -> Connection:
 
 
 def bindings() -> list[Binding]:
-    """hg.mozilla.org always; Taskcluster when TASKCLUSTER_ROOT_URL is set."""
+    """hg.mozilla.org always; Taskcluster when TASKCLUSTER_ROOT_URL is set;
+    GitHub when ELMO_GITHUB is on."""
     result = [Binding(settings.PULSE_QUEUE_HGMO, ((HGMO_EXCHANGE, "#"),))]
     if settings.TASKCLUSTER_ROOT_URL:
         route = f"route.{settings.ELMO_TASKCLUSTER_ROUTE}"
         result.append(Binding(settings.PULSE_QUEUE_TASKCLUSTER,
                               tuple((exchange, route) for exchange in TASKCLUSTER_EXCHANGES)))
+    if settings.ELMO_GITHUB:
+        result.append(Binding(settings.PULSE_QUEUE_GITHUB,
+                              ((GITHUB_PUSH_EXCHANGE, "primary.#"),
+                               (GITHUB_WEBHOOKS_EXCHANGE, "*.*.push"))))
     return result
 
 

@@ -11,9 +11,14 @@ TASKCLUSTER_EXCHANGES = (
     "exchange/taskcluster-queue/v1/task-exception",
 )
 
+GITHUB_PUSH_EXCHANGE = "exchange/taskcluster-github/v1/push"
+GITHUB_WEBHOOKS_EXCHANGE = "exchange/github-webhooks/v1"
+
 SOURCES = {
     HGMO_EXCHANGE: "hgmo",
     **{exchange: "taskcluster" for exchange in TASKCLUSTER_EXCHANGES},
+    GITHUB_PUSH_EXCHANGE: "github",
+    GITHUB_WEBHOOKS_EXCHANGE: "github",
 }
 
 
@@ -48,13 +53,21 @@ class Delivery:
 
     @property
     def repository_key(self) -> str:
-        """What the message is about, for routing. hg.mozilla.org puts the
-        repository path in the routing key. A Taskcluster routing key starts
+        """What the message is about, for routing. hg.mozilla.org and GitHub
+        put the repository in the routing key. A Taskcluster routing key starts
         `primary.<taskId>.<runId>.`: every run of a task goes to one shard,
         so a retried run never races its predecessor (docs/design.md)."""
         if self.source == "taskcluster":
             parts = self.routing_key.split(".")
             return f"taskcluster:{parts[1] if len(parts) > 1 else self.routing_key}"
+        if self.exchange == GITHUB_PUSH_EXCHANGE:
+            # primary.<organization>.<repository>, periods in names as `%`.
+            parts = self.routing_key.split(".")
+            name = "/".join(parts[1:3]).replace("%", ".")
+            return f"github:{name.lower()}"
+        if self.exchange == GITHUB_WEBHOOKS_EXCHANGE:
+            # <owner>/<repository>/<event>
+            return f"github:{'/'.join(self.routing_key.split('/')[:2]).lower()}"
         return f"{self.source}:{self.routing_key}"
 
 

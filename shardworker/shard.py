@@ -56,6 +56,15 @@ class Shard:
                                 pushlog_page=settings.ELMO_PUSHLOG_PAGE,
                                 pushlog_max_bytes=settings.ELMO_PUSHLOG_MAX_BYTES),
         }
+        if settings.ELMO_GITHUB:
+            from elmo.pushes.gitclones import GitClones
+            from elmo.pushes.github import GitHubHandler
+
+            handlers["github"] = GitHubHandler(
+                GitClones(settings.ELMO_REPOSITORY_BASE, timeout=settings.ELMO_HG_TIMEOUT,
+                          lock_timeout=settings.ELMO_LOCK_TIMEOUT),
+                settings.ELMO_GITHUB_BASE_URL,
+            )
         if settings.TASKCLUSTER_ROOT_URL:
             from elmo.l10nstats.taskcluster import TaskclusterHandler
 

@@ -38,11 +38,20 @@ class Forest(models.Model):
 class Repository(models.Model):
     """A tracked repository.
 
-    Fields: name (the path on the hg host, e.g. `l10n-central/de`), url,
-    forest and locale (both optional), archived.
+    Fields: name (the path on its host: `l10n-central/de` on hg.mozilla.org,
+    `mozilla-l10n/firefox-l10n` on GitHub), url, kind (hg or git), branch
+    (for git, the one branch whose pushes are recorded), forest and locale
+    (both optional), archived.
     """
 
+    HG = "hg"
+    GIT = "git"
+    KINDS = [(HG, "Mercurial"), (GIT, "git")]
+
     name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=3, choices=KINDS, default=HG)
+    branch = models.CharField(max_length=100, blank=True, default="",
+                              help_text="for git: the branch whose pushes are recorded")
     url = models.URLField(max_length=500)
     forest = models.ForeignKey(
         Forest, null=True, blank=True, on_delete=models.SET_NULL, related_name="repositories"
@@ -126,10 +135,11 @@ class Changeset(models.Model):
 
 
 class Push(models.Model):
-    """One push to a repository, as the pushlog of the hg host recorded it.
+    """One push to a repository, as the pushlog of the hg host recorded it,
+    or as the worker numbered a GitHub push.
 
     Fields: repository, push_id (unique per repository), user (who pushed),
-    push_date, changesets.
+    push_date, changesets, delivery_id (GitHub's delivery id, empty for hg).
     """
 
     repository = models.ForeignKey(Repository, on_delete=models.CASCADE)
@@ -137,10 +147,14 @@ class Push(models.Model):
     user = models.CharField("person who pushed", max_length=200)
     push_date = models.DateTimeField("date of push", db_index=True)
     push_id = models.PositiveIntegerField(default=0)
+    delivery_id = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["repository", "push_id"], name="unique_push_id"),
+            models.UniqueConstraint(fields=["repository", "delivery_id"],
+                                    condition=~models.Q(delivery_id=""),
+                                    name="unique_delivery_id"),
         ]
 
     def __str__(self) -> str:

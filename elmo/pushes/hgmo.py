@@ -55,7 +55,8 @@ class HgmoHandler:
         return Result(IGNORED, message.repository, f"unknown message type {message.kind[:60]!r}")
 
     def changegroup(self, message: HgMessage, delivery: Delivery) -> Result:
-        repository = Repository.objects.filter(name=message.repository).first()
+        repository = Repository.objects.filter(name=message.repository,
+                                               kind=Repository.HG).first()
         if repository is None or repository.archived:
             return Result(UNKNOWN_REPOSITORY, message.repository, "untracked repository")
         target = max(message.push_ids) if message.push_ids else None

@@ -44,9 +44,11 @@ def changeset_ids(revisions: Iterable[str]) -> dict[str, int]:
     return known
 
 
-def record_pushes(repository: Repository, pushes: Iterable[PushlogPush]) -> tuple[int, int]:
+def record_pushes(repository: Repository, pushes: Iterable[PushlogPush],
+                  delivery_id: str = "") -> tuple[int, int]:
     """Record pushes and their changesets in one transaction.
 
+    `delivery_id` names the GitHub delivery that brought a git push.
     Returns (pushes, changesets) counted from the pushlog answer.
     """
     pushes = list(pushes)
@@ -59,7 +61,7 @@ def record_pushes(repository: Repository, pushes: Iterable[PushlogPush]) -> tupl
         _link_parents(changesets, ids)
         _link_files(changesets, ids)
         _link_repository(repository, changesets, ids)
-        _record_push_rows(repository, pushes, ids)
+        _record_push_rows(repository, pushes, ids, delivery_id)
     return len(pushes), len(changesets)
 
 
@@ -140,7 +142,7 @@ def _link_repository(repository: Repository, changesets: list[PushedChangeset],
 
 
 def _record_push_rows(repository: Repository, pushes: list[PushlogPush],
-                      ids: dict[str, int]) -> None:
+                      ids: dict[str, int], delivery_id: str) -> None:
     Push.objects.bulk_create(
         [
             Push(
@@ -148,6 +150,7 @@ def _record_push_rows(repository: Repository, pushes: list[PushlogPush],
                 push_id=push.push_id,
                 user=push.user[:USER_LENGTH],
                 push_date=datetime.fromtimestamp(push.date, tz=UTC),
+                delivery_id=delivery_id,
             )
             for push in pushes
         ],

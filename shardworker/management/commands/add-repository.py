@@ -21,6 +21,10 @@ class Command(BaseCommand):
         parser.add_argument("names", nargs="+", help="repository paths on the hg host")
         parser.add_argument("--locale", help="locale code (default: the last path segment "
                             "for repositories in a forest, none otherwise)")
+        parser.add_argument("--git", action="store_true",
+                            help="a GitHub repository, named <organization>/<repository>")
+        parser.add_argument("--branch", default="main",
+                            help="for --git: the branch whose pushes are recorded (main)")
 
     def handle(self, *args, **options) -> None:
         names = []
@@ -35,10 +39,15 @@ class Command(BaseCommand):
             forest = Forest.objects.filter(name=forest_name).first() if forest_name else None
             code = options["locale"] or (last if forest else None)
             locale = Locale.objects.get_or_create(code=code)[0] if code else None
+            if options["git"]:
+                url, kind, branch = settings.ELMO_GITHUB_BASE_URL + name, Repository.GIT, \
+                    options["branch"]
+            else:
+                url, kind, branch = settings.ELMO_HG_BASE_URL + name, Repository.HG, ""
             repository, created = Repository.objects.update_or_create(
                 name=name,
-                defaults={"url": settings.ELMO_HG_BASE_URL + name, "forest": forest,
-                          "locale": locale, "archived": False},
+                defaults={"url": url, "forest": forest, "locale": locale, "archived": False,
+                          "kind": kind, "branch": branch},
             )
             self.stdout.write(f"{'added' if created else 'updated'} repository "
                               f"{repository.name} ({repository.url})")
