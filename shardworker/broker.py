@@ -81,7 +81,7 @@ def bindings() -> list[Binding]:
     if settings.ELMO_GITHUB:
         result.append(Binding(settings.PULSE_QUEUE_GITHUB,
                               ((GITHUB_PUSH_EXCHANGE, "primary.#"),
-                               (GITHUB_WEBHOOKS_EXCHANGE, "*.*.push"))))
+                               (GITHUB_WEBHOOKS_EXCHANGE, "#"))))
     return result
 
 

@@ -14,6 +14,7 @@ import kombu
 import pytest
 from django.db import connection
 
+from standins.github import GitHubPublisher, GitHubStandIn
 from standins.hgmo import HgmoPublisher, HgmoStandIn
 from standins.taskcluster import TaskclusterPublisher, TaskclusterStandIn
 
@@ -67,7 +68,8 @@ def queue_suffix() -> Iterator[str]:
     suffix = f"test-{uuid.uuid4().hex[:10]}"
     yield suffix
     with kombu.Connection(AMQP_URL) as broker:
-        for name in (f"queue/guest/{suffix}", f"queue/guest/{suffix}-tc"):
+        for name in (f"queue/guest/{suffix}", f"queue/guest/{suffix}-tc",
+                     f"queue/guest/{suffix}-gh"):
             try:
                 broker.channel().queue_delete(name)
             except Exception:
@@ -77,6 +79,19 @@ def queue_suffix() -> Iterator[str]:
 @pytest.fixture
 def publisher() -> Iterator[HgmoPublisher]:
     with HgmoPublisher(AMQP_URL) as publisher:
+        yield publisher
+
+
+@pytest.fixture
+def github(tmp_path: Path) -> Iterator[GitHubStandIn]:
+    with GitHubStandIn(tmp_path / "github") as standin:
+        yield standin
+
+
+@pytest.fixture
+def github_publisher() -> Iterator[GitHubPublisher]:
+    """Publishes GitHub pushes; creating it declares both exchanges."""
+    with GitHubPublisher(AMQP_URL) as publisher:
         yield publisher
 
 
