@@ -181,7 +181,8 @@ def start_worker(shards: int, log_path: Path, clone_root: Path) -> subprocess.Po
                    "ELMO_LOG_LEVEL": "INFO"}
     log = open(log_path, "wb")
     process = subprocess.Popen(
-        [sys.executable, str(PROJECT / "manage.py"), "consume-pulse", "--shards", str(shards)],
+        [sys.executable, str(PROJECT / "manage.py"), "consume-pulse", "--shards", str(shards),
+         "--metrics-port", "0"],
         env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT,
     )
     # Timings start once every shard has imported Django and said so.

@@ -23,6 +23,8 @@ FOREST = "l10n-central"
 LOCALES = ["de", "fr", "ja", "pt-BR"]
 NEW_LOCALE = "sat"
 ROUNDS = 8
+GITHUB_REPOSITORY = "mozilla-l10n/firefox-l10n"
+QUEUES = ["queue/guest/demo-hgmo", "queue/guest/demo-taskcluster", "queue/guest/demo-github"]
 
 
 def main() -> int:
@@ -36,17 +38,23 @@ def main() -> int:
         PULSE_URL=AMQP_URL,
         PULSE_QUEUE_HGMO="demo-hgmo",
     )
+    from standins.github import GitHubPublisher, GitHubStandIn
     from standins.hgmo import HgmoPublisher, HgmoStandIn
     from standins.taskcluster import TaskclusterPublisher, TaskclusterStandIn
 
     with HgmoStandIn(DEMO / "hgmo") as hgmo, HgmoPublisher(AMQP_URL) as publisher, \
             TaskclusterStandIn(DEMO / "taskcluster") as taskcluster, \
-            TaskclusterPublisher(AMQP_URL) as task_publisher:
+            TaskclusterPublisher(AMQP_URL) as task_publisher, \
+            GitHubStandIn(DEMO / "github") as github, GitHubPublisher(AMQP_URL) as gh_publisher:
         os.environ["ELMO_HG_BASE_URL"] = hgmo.base_url
         os.environ["TASKCLUSTER_ROOT_URL"] = taskcluster.root_url
         os.environ["PULSE_QUEUE_TASKCLUSTER"] = "demo-taskcluster"
+        os.environ["ELMO_GITHUB"] = "true"
+        os.environ["ELMO_GITHUB_BASE_URL"] = github.base_url
+        os.environ["PULSE_QUEUE_GITHUB"] = "demo-github"
         print(f"hg.mozilla.org stand-in at {hgmo.base_url}")
         print(f"Taskcluster queue stand-in at {taskcluster.root_url}")
+        print(f"GitHub stand-in at {github.base_url}")
         import django
 
         django.setup()
@@ -57,32 +65,37 @@ def main() -> int:
             hgmo.create_repository(f"{FOREST}/{locale}")
         call_command("add-forest", FOREST)
         call_command("add-repository", *[f"{FOREST}/{locale}" for locale in LOCALES])
-        purge_queue("queue/guest/demo-hgmo")
-        purge_queue("queue/guest/demo-taskcluster")
+        github.create_repository(GITHUB_REPOSITORY)
+        call_command("add-repository", "--git", "--branch", "main", GITHUB_REPOSITORY)
+        for queue in QUEUES:
+            purge_queue(queue)
 
         log_path = DEMO / "worker.log"
         print(f"starting consume-pulse --shards 4 (log: {log_path.relative_to(PROJECT)})")
         worker = start_worker(log_path)
         try:
             sent = stream_pushes(hgmo, publisher)
+            sent += stream_github_pushes(github, gh_publisher)
             print(f"published {sent} push messages; waiting for the worker")
             matched = wait_for_ingest(hgmo, timeout=180)
+            matched &= wait_for_github(github, timeout=60)
             tasks = finish_tasks(hgmo, taskcluster, task_publisher)
             print(f"published {len(tasks)} compare-locales task results")
             compared = wait_for_comparisons(len(tasks), timeout=120)
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(90)
-            delete_queue("queue/guest/demo-hgmo")
-            delete_queue("queue/guest/demo-taskcluster")
-        status = report(hgmo, matched)
+            for queue in QUEUES:
+                delete_queue(queue)
+        status = report(hgmo, github, matched)
         return report_comparisons(compared) or status
 
 
 def start_worker(log_path: Path) -> subprocess.Popen:
     log = open(log_path, "wb")
     worker = subprocess.Popen(
-        [sys.executable, str(PROJECT / "manage.py"), "consume-pulse", "--shards", "4"],
+        [sys.executable, str(PROJECT / "manage.py"), "consume-pulse", "--shards", "4",
+         "--metrics-port", os.environ.get("ELMO_METRICS_PORT", "0")],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=PROJECT,
@@ -163,6 +176,35 @@ def stream_pushes(hgmo, publisher) -> int:
     return sent + 1
 
 
+def stream_github_pushes(github, gh_publisher) -> int:
+    """Three pushes to the GitHub repository, the last one a merge."""
+    name = GITHUB_REPOSITORY
+    before = "0" * 40
+    first = github.commit(name, {"de/browser.ftl": "a = A\n"}, "Add German")
+    gh_publisher.publish_push(github.push_event(name, "main", before, first, created=True))
+    second = github.commit(name, {"fr/browser.ftl": "a = A\n"}, "Add French")
+    gh_publisher.publish_push(github.push_event(name, "main", first, second))
+    side = github.commit(name, {"ja/browser.ftl": "a = A\n"}, "Add Japanese",
+                         branch="ja", parents=[second])
+    github.commit(name, {"de/browser.ftl": "a = B\n"}, "Update German")
+    merge = github.merge(name, "main", side, "Merge Japanese")
+    gh_publisher.publish_webhook(github.push_event(name, "main", second, merge))
+    return 3
+
+
+def wait_for_github(github, timeout: float) -> bool:
+    from elmo.life.models import Repository
+
+    want = set(github.log(GITHUB_REPOSITORY, "main"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        repository = Repository.objects.get(name=GITHUB_REPOSITORY)
+        if set(repository.changesets.values_list("revision", flat=True)) == want:
+            return True
+        time.sleep(0.5)
+    return False
+
+
 def finish_tasks(hgmo, taskcluster, task_publisher) -> list[str]:
     """One compare-locales task per locale, comparing its latest revision,
     with real compare-locales details; and one task that failed."""
@@ -226,7 +268,7 @@ def ingested() -> dict[str, tuple[int, int]]:
     from elmo.life.models import Push, Repository
 
     result = {}
-    for repository in Repository.objects.order_by("name"):
+    for repository in Repository.objects.filter(kind=Repository.HG).order_by("name"):
         pushes = Push.objects.filter(repository=repository)
         changesets = repository.changesets.count()
         result[repository.name] = (pushes.count(), changesets)
@@ -255,7 +297,7 @@ def clone_changesets(name: str) -> int:
     return len(output.split())
 
 
-def report(hgmo, matched: bool) -> int:
+def report(hgmo, github, matched: bool) -> int:
     from elmo.life.models import Changeset, Push, Repository
     from shardworker.models import DeadLetter
 
@@ -273,13 +315,24 @@ def report(hgmo, matched: bool) -> int:
             f"{name:<22} {got_pushes:>6} of {pushes:<4} {got_changesets:>6} of {changesets:<4}"
             f" {in_clone:>9}  {'ok' if ok else 'MISMATCH'}"
         )
+    repository = Repository.objects.get(name=GITHUB_REPOSITORY)
+    commits = len(github.log(GITHUB_REPOSITORY, "main"))
+    got = repository.changesets.count()
+    ok = got == commits
+    all_match &= ok
+    print(f"{GITHUB_REPOSITORY + ' (git)':<22} {repository.push_set.count():>6} {'':<7}"
+          f"{got:>6} of {commits:<4} {'':>9}  {'ok' if ok else 'MISMATCH'}")
     merges = sum(1 for c in Changeset.objects.all() if c.parents.count() == 2)
     print()
-    print(
-        f"database: {Repository.objects.count()} repositories, {Push.objects.count()} pushes, "
-        f"{Changeset.objects.exclude(revision='0' * 40).count()} changesets "
-        f"({merges} merges), {DeadLetter.objects.count()} dead letters"
-    )
+    ours = sum(1 for body in DeadLetter.objects.values_list("body", flat=True)
+               if any(url.encode() in bytes(body) for url in (hgmo.base_url, github.base_url)))
+    others = DeadLetter.objects.count() - ours
+    print(f"database: {Repository.objects.count()} repositories, {Push.objects.count()} pushes, "
+          f"{Changeset.objects.exclude(revision='0' * 40).count()} changesets "
+          f"({merges} merges), {ours} dead letters")
+    if others:
+        print(f"({others} more dead letters are messages that other publishers on this broker "
+              "sent for hosts the demo does not know)")
     print(f"worker log: {(DEMO / 'worker.log').relative_to(PROJECT)}")
     print("matches the stand-in: " + ("yes" if all_match else "NO"))
     return 0 if all_match else 1
