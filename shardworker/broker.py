@@ -44,6 +44,12 @@ def pulse_url() -> str:
         parts = urlsplit(settings.PULSE_URL)
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
             raise ImproperlyConfigured("PULSE_URL must be an amqp:// or amqps:// URL.")
+        try:
+            valid_port = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            valid_port = False
+        if not valid_port:
+            raise ImproperlyConfigured("PULSE_URL has a port that is not a port number.")
         return settings.PULSE_URL
     scheme = "amqps" if settings.PULSE_SSL else "amqp"
     user = quote(settings.PULSE_USER, safe="")

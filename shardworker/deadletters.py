@@ -2,7 +2,7 @@
 
 import logging
 
-from shardworker.deliveries import Delivery
+from shardworker.deliveries import Delivery, printable
 from shardworker.models import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -15,14 +15,14 @@ def keep(delivery: Delivery, reason: str, attempts: int, repository: str = "") -
         message_id=delivery.message_id,
         defaults={
             "source": delivery.source,
-            "exchange": delivery.exchange[:255],
-            "routing_key": delivery.routing_key[:255],
-            "repository": repository[:255],
+            "exchange": printable(delivery.exchange)[:255],
+            "routing_key": printable(delivery.routing_key)[:255],
+            "repository": printable(repository)[:255],
             "body": delivery.body,
-            "content_type": delivery.content_type[:100],
-            "content_encoding": delivery.content_encoding[:100],
+            "content_type": printable(delivery.content_type)[:100],
+            "content_encoding": printable(delivery.content_encoding)[:100],
             "headers": _json_safe(delivery.headers),
-            "reason": reason,
+            "reason": printable(reason),
             "attempts": attempts,
         },
     )
@@ -34,11 +34,13 @@ def keep(delivery: Delivery, reason: str, attempts: int, repository: str = "") -
 def _json_safe(value: object) -> object:
     """Headers as JSON: AMQP tables may hold bytes, dates and decimals."""
     if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
+        return {printable(str(key)): _json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_json_safe(item) for item in value]
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, int | float | bool) or value is None:
         return value
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+        return printable(value.decode("utf-8", "replace"))
+    return printable(str(value))

@@ -42,7 +42,7 @@ class Delivery:
     def message_id(self) -> str:
         """A digest that names this message the same way in every process."""
         digest = hashlib.sha256()
-        for part in (self.exchange.encode(), self.routing_key.encode(), self.body):
+        for part in (_utf8(self.exchange), _utf8(self.routing_key), self.body):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
         return digest.hexdigest()
@@ -74,5 +74,15 @@ class Delivery:
 def route_to_shard(delivery: Delivery, shards: int) -> int:
     """The shard for this message's repository: the same in every process,
     on every machine and after every restart (unlike the built-in hash)."""
-    key = delivery.repository_key.encode("utf-8", "surrogateescape")
+    key = _utf8(delivery.repository_key)
     return int.from_bytes(hashlib.sha1(key).digest()[:8], "big") % shards
+
+
+def _utf8(text: str) -> bytes:
+    """Bytes for any string the broker hands over, lone surrogates included."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def printable(text: str) -> str:
+    """`text` as the database and logs can hold it: no NUL, no lone surrogates."""
+    return _utf8(text).decode("utf-8", "replace").replace("\x00", "\ufffd")

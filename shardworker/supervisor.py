@@ -21,7 +21,7 @@ from kombu import Consumer
 from kombu.message import Message
 
 from shardworker import broker, deadletters, metrics
-from shardworker.deliveries import SOURCES, Delivery, route_to_shard
+from shardworker.deliveries import SOURCES, Delivery, printable, route_to_shard
 from shardworker.results import DEAD_LETTERED, OUTCOMES, PROCESSED, REQUEUED, Result
 from shardworker.shard import run_shard
 from shardworker.status import StatusServer
@@ -264,6 +264,9 @@ class Supervisor:
             self.settle(assignment, Result(REQUEUED, delivery.routing_key, reason))
             return
         self.crashes.pop(delivery.message_id, None)
+        logger.warning("shard=%d repo=%s msg=%s dead_lettered in %.2f s: %s", shard.index,
+                       delivery.routing_key[:100], delivery.short_id,
+                       time.monotonic() - assignment.started, reason)
         self.settle(assignment, Result(DEAD_LETTERED, delivery.routing_key, reason))
 
     def dispatch(self) -> None:
@@ -425,6 +428,32 @@ class Supervisor:
             self.disconnected(error)
 
     def on_message(self, message: Message) -> None:
+        """Queue a received message for its shard. Nothing here may raise: a
+        message that cannot even be described is kept as a dead letter."""
+        try:
+            self.assign(message)
+        except Exception as error:
+            logger.exception("cannot read a message from the broker")
+            self.keep_unreadable(message, error)
+
+    def keep_unreadable(self, message: Message, error: Exception) -> None:
+        info = message.delivery_info or {}
+        body = message.body if isinstance(message.body, bytes) else \
+            str(message.body).encode("utf-8", "surrogatepass")
+        delivery = Delivery(exchange=printable(str(info.get("exchange", ""))),
+                            routing_key=printable(str(info.get("routing_key", ""))), body=body)
+        try:
+            deadletters.keep(delivery, f"unreadable envelope: {type(error).__name__}: {error}",
+                             1)
+            message.ack()
+            self.metrics["dead_letters"].labels(delivery.source).inc()
+            self.metrics["processed"].labels(delivery.source, DEAD_LETTERED).inc()
+        except Exception:
+            logger.exception("msg=%s cannot keep an unreadable message; returning it",
+                             delivery.short_id)
+            message.requeue()
+
+    def assign(self, message: Message) -> None:
         info = message.delivery_info
         headers = dict(message.headers or {})
         exchange, routing_key = info.get("exchange", ""), info.get("routing_key", "")
@@ -435,7 +464,10 @@ class Supervisor:
         body = message.body
         if isinstance(body, str):
             # py-amqp decodes bodies that declare a content encoding.
-            body = body.encode(message.content_encoding or "utf-8", "surrogateescape")
+            try:
+                body = body.encode(message.content_encoding or "utf-8", "surrogateescape")
+            except (UnicodeError, LookupError):
+                body = body.encode("utf-8", "surrogatepass")
         delivery = Delivery(
             exchange=exchange,
             routing_key=routing_key,
@@ -504,10 +536,20 @@ class Supervisor:
         logger.info("supervisor stopped")
 
     def reap_dead_without_restart(self) -> None:
+        """While draining, a shard that exits is done: it answered `stop`, or it
+        died, and then its message goes back to the broker unacknowledged."""
         for shard in self.shards:
-            if shard.process is not None and not shard.process.is_alive():
-                logger.error("shard=%d died while draining", shard.index)
+            if shard.process is None or shard.process.is_alive():
+                continue
+            if shard.current is not None:
+                logger.error("shard=%d repo=%s msg=%s died while draining; the broker will "
+                             "deliver its message again", shard.index,
+                             shard.current.delivery.routing_key[:100],
+                             shard.current.delivery.short_id)
                 shard.current = None
+            shard.process.join(0)
+            shard.pipe.close()
+            shard.process, shard.pipe = None, None
 
     def stop_shards(self) -> None:
         """Shards that were told to stop exit on their own; the busy ones are killed."""

@@ -129,7 +129,7 @@ class TaskclusterHandler:
             raise TransientError(f"artifact storage unreachable: {error}") from None
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
             raise PermanentError(f"{name} is not JSON: {error}") from None
 
     def find_elmo_json(self, message: TaskMessage) -> str:
@@ -158,7 +158,7 @@ def parse_message(delivery: Delivery) -> TaskMessage:
         raise PermanentError("body is too large")
     try:
         body = json.loads(delivery.body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PermanentError(f"body is not JSON: {error}") from None
     status = body.get("status") if isinstance(body, dict) else None
     if not isinstance(status, dict):

@@ -39,6 +39,8 @@ DAMAGED = ("is corrupted", "unknown parent", "damaged", "integrity check failed"
            "no match found", "empty or missing", "not found!", "checksum mismatch",
            "unknown revlog", "no node")
 HG_LOCK_FILES = (".hg/wlock", ".hg/store/lock")
+# Up to this many nodes are looked up by name; more, by listing the clone.
+LOOKUP_BATCH = 400
 
 
 class HgFailed(TransientError):
@@ -159,6 +161,18 @@ class Clones:
         else:
             self.run(pull, name)
         return "repaired"
+
+    def lacking(self, name: str, nodes: set[str]) -> set[str]:
+        """The nodes the clone does not hold."""
+        if not nodes:
+            return set()
+        path = str(self.path_for(name))
+        if len(nodes) > LOOKUP_BATCH:
+            held = self.run(["-R", path, "log", "-T", "{node}\n", "-r", "all()"], name)
+            return nodes - set(held.split())
+        revset = " + ".join(f"id({node})" for node in sorted(nodes))
+        held = self.run(["-R", path, "log", "-T", "{node}\n", "-r", revset], name)
+        return nodes - set(held.split())
 
     @staticmethod
     def repair_for(error: str) -> str | None:

@@ -107,7 +107,7 @@ def parse_message(delivery: Delivery) -> GitHubPush | None:
         raise PermanentError(f"body of {len(delivery.body)} bytes exceeds {MAX_BODY_BYTES}")
     try:
         document = json.loads(delivery.body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PermanentError(f"body is not JSON: {error}") from None
     if not isinstance(document, dict):
         raise PermanentError("body is not an object")

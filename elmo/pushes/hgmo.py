@@ -99,6 +99,13 @@ class HgmoHandler:
             started = time.monotonic()
             update = self.clones.update(repository.name, url)
             measures["clone_update"].labels(update).observe(time.monotonic() - started)
+            named = {c.node for page in pages for push in page for c in push.changesets}
+            lacking = self.clones.lacking(repository.name, named)
+            if lacking:
+                raise PermanentError(
+                    f"the pushlog of {url} names {len(lacking)} changeset(s) the hg host did "
+                    f"not send, such as {min(lacking)}"
+                )
             pushes = changesets = 0
             for page in pages:
                 counted = record_pushes(repository, page)
@@ -141,7 +148,7 @@ def parse_message(delivery: Delivery, base_url: str) -> HgMessage:
         raise PermanentError(f"body of {len(delivery.body)} bytes exceeds {MAX_BODY_BYTES}")
     try:
         document = json.loads(delivery.body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PermanentError(f"body is not JSON: {error}") from None
     payload = document.get("payload") if isinstance(document, dict) else None
     data = payload.get("data") if isinstance(payload, dict) else None

@@ -4,16 +4,18 @@ field by field, so that what reaches the database is what the host said."""
 import json
 import logging
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from shardworker.errors import PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
 NODE = re.compile(r"[0-9a-f]{40}")
+PUSH_KEY = re.compile(r"[0-9]{1,10}")
 READ_CHUNK = 1024 * 1024
 
 
@@ -48,14 +50,31 @@ def pushlog_url(repository_url: str, start_id: int, end_id: int | None) -> str:
     return f"{repository_url.rstrip('/')}/json-pushes?{urlencode(query)}"
 
 
+class SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the host that was asked."""
+
+    def redirect_request(self, request, fp, code, message, headers, new_url):
+        if urlsplit(new_url).netloc != urlsplit(request.full_url).netloc:
+            raise PermanentError(f"pushlog {request.full_url} redirects to another host")
+        return super().redirect_request(request, fp, code, message, headers, new_url)
+
+
+OPENER = urllib.request.build_opener(SameHostRedirects)
+
+
 def fetch_page(repository_url: str, start_id: int, end_id: int | None, *,
                timeout: float, max_bytes: int) -> PushlogPage:
-    """The pushes after `start_id` up to `end_id` (all when None)."""
+    """The pushes after `start_id` up to `end_id` (all when None).
+
+    `timeout` bounds the whole request, not each read: a host that trickles
+    its answer is given up on like one that does not answer.
+    """
     url = pushlog_url(repository_url, start_id, end_id)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    deadline = time.monotonic() + timeout
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = read_limited(response, max_bytes, url)
+        with OPENER.open(request, timeout=timeout) as response:
+            raw = read_limited(response, max_bytes, url, deadline)
     except urllib.error.HTTPError as error:
         if error.code == 404:
             raise PermanentError(f"pushlog {url} answered 404") from None
@@ -65,18 +84,20 @@ def fetch_page(repository_url: str, start_id: int, end_id: int | None, *,
         raise TransientError(f"pushlog {url} unreachable: {reason}") from None
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PermanentError(f"pushlog {url} is not JSON: {error}") from None
     return parse_page(document, url, start_id, end_id)
 
 
-def read_limited(response, max_bytes: int, url: str) -> bytes:
+def read_limited(response, max_bytes: int, url: str, deadline: float) -> bytes:
     chunks = []
     size = 0
-    while chunk := response.read(READ_CHUNK):
+    while chunk := response.read1(READ_CHUNK):
         size += len(chunk)
         if size > max_bytes:
             raise PermanentError(f"pushlog {url} is larger than {max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise TransientError(f"pushlog {url} took longer than the HTTP timeout")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -91,7 +112,7 @@ def parse_page(document: object, url: str, start_id: int, end_id: int | None) ->
         raise PermanentError(f"pushlog {url} lacks lastpushid or pushes")
     parsed = []
     for key, push in pushes.items():
-        if not key.isdigit() or not isinstance(push, dict):
+        if not PUSH_KEY.fullmatch(key) or not isinstance(push, dict):
             raise PermanentError(f"pushlog {url} has a malformed push {key!r:.40}")
         push_id = int(key)
         if push_id <= start_id or (end_id is not None and push_id > end_id) or push_id > last:
