@@ -188,3 +188,20 @@ def start_worker(worker_environment: dict[str, str], tmp_path: Path):
     yield start
     for worker in workers:
         worker.stop()
+
+
+FIGURES: list[str] = []
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Collect the `fault: ...` figures the fault suite prints."""
+    if report.when == "call":
+        FIGURES.extend(line for line in report.capstdout.splitlines()
+                       if line.startswith("fault: "))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("fault figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
