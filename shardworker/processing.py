@@ -54,7 +54,7 @@ class Processor:
                 database_failures += 1
                 reason = f"database unavailable: {error}".strip()
                 delay = self.backoff(database_failures)
-                logger.error("repo=%s msg=%s %s; retrying in %.0f s", delivery.routing_key,
+                logger.error("repo=%s msg=%s %s; retrying in %.1f s", delivery.routing_key,
                              delivery.short_id, reason.splitlines()[0], delay)
                 connections.close_all()
                 if self.wait(delay):
@@ -73,7 +73,7 @@ class Processor:
                     delivery, f"gave up after {attempt} attempts: {reason}", attempt
                 )
             delay = self.backoff(attempt)
-            logger.warning("repo=%s msg=%s attempt %d failed: %s; retrying in %.0f s",
+            logger.warning("repo=%s msg=%s attempt %d failed: %s; retrying in %.1f s",
                            delivery.routing_key, delivery.short_id, attempt, reason, delay)
             if self.wait(delay):
                 return Result(REQUEUED, delivery.routing_key, reason)

@@ -541,6 +541,8 @@ class Supervisor:
         for shard in self.shards:
             if shard.process is None or shard.process.is_alive():
                 continue
+            if shard.current is not None and shard.pipe.poll(0):
+                self.read_report(shard)  # it reported, then stopped
             if shard.current is not None:
                 logger.error("shard=%d repo=%s msg=%s died while draining; the broker will "
                              "deliver its message again", shard.index,
