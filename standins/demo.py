@@ -82,6 +82,7 @@ def main() -> int:
             tasks = finish_tasks(hgmo, taskcluster, task_publisher)
             print(f"published {len(tasks)} compare-locales task results")
             compared = wait_for_comparisons(len(tasks), timeout=120)
+            show_metrics(log_path)
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(90)
@@ -174,6 +175,25 @@ def stream_pushes(hgmo, publisher) -> int:
         hgmo.push(new_repository, {"browser/new.ftl": f"n = {number}\n"})
     publisher.publish_newrepo(hgmo, new_repository)
     return sent + 1
+
+
+def show_metrics(log_path: Path) -> None:
+    """What the worker's /metrics says about the run, as Prometheus would see it."""
+    import re
+    import urllib.request
+
+    match = re.search(r"/readyz on (http://\S+/)", log_path.read_text(errors="replace"))
+    if not match:
+        return
+    with urllib.request.urlopen(match.group(1) + "metrics", timeout=10) as response:
+        text = response.read().decode()
+    wanted = ("elmo_worker_messages_processed_total", "elmo_worker_messages_received_total",
+              "elmo_worker_clone_update_seconds_count", "elmo_worker_broker_connected",
+              "elmo_worker_queue_backlog_messages", "elmo_worker_shard_restarts_total")
+    print(f"\nfrom {match.group(1)}metrics (non-zero series):")
+    for line in text.splitlines():
+        if line.startswith(wanted) and not line.endswith(" 0.0"):
+            print("  " + line)
 
 
 def stream_github_pushes(github, gh_publisher) -> int:
