@@ -120,14 +120,24 @@ class Supervisor:
             self.status.start()
         for shard in self.shards:
             self.spawn_shard(shard)
-        while self.stop_signal is None:
-            self.loop_turned = time.monotonic()
-            if self.consumer is None and time.monotonic() >= self.reconnect_at:
-                self.connect()
-            self.wait_for_events(timeout=1.0)
-            self.reap_shards()
-            self.dispatch()
-            self.measure()
+        try:
+            while self.stop_signal is None:
+                self.loop_turned = time.monotonic()
+                if self.consumer is None and time.monotonic() >= self.reconnect_at:
+                    self.connect()
+                self.wait_for_events(timeout=1.0)
+                self.reap_shards()
+                self.dispatch()
+                self.measure()
+        except BaseException:
+            # A bug in the loop must end the process, so that its service
+            # manager restarts it: shards waiting on their pipes would keep
+            # it alive, consuming nothing.
+            logger.exception("supervisor failed; stopping its shards")
+            for shard in self.shards:
+                if shard.process is not None:
+                    shard.process.kill()
+            raise
         self.drain()
         if self.status is not None:
             self.status.stop()

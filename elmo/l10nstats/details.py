@@ -5,12 +5,12 @@ URL; the file itself comes from there, with a size limit and a timeout."""
 import json
 import logging
 
-import requests
 import taskcluster
 from django.conf import settings
 from django.utils import timezone
 
 from elmo.l10nstats.models import Run
+from elmo.l10nstats.storage import ArtifactTooLarge, StorageUnavailable, read_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +59,16 @@ def ensure_details(run: Run) -> Run:
 
 def download(url: str) -> bytes | None:
     """The file at `url`; None when storage says it is gone."""
-    limit = settings.ELMO_DETAILS_MAX_BYTES
     try:
-        with requests.get(url, timeout=settings.ELMO_HTTP_TIMEOUT, stream=True) as response:
-            if response.status_code in (403, 404, 410):
-                return None
-            if response.status_code != 200:
-                raise DetailsUnavailable(f"storage answered {response.status_code}")
-            body = b""
-            for chunk in response.iter_content(64 * 1024):
-                body += chunk
-                if len(body) > limit:
-                    raise DetailsUnavailable(f"the detail file exceeds {limit} bytes")
-            return body
-    except requests.RequestException as error:
-        raise DetailsUnavailable(f"storage is unreachable: {type(error).__name__}") from None
+        status, body = read_artifact(url, max_bytes=settings.ELMO_DETAILS_MAX_BYTES,
+                                     timeout=settings.ELMO_HTTP_TIMEOUT)
+    except (StorageUnavailable, ArtifactTooLarge) as error:
+        raise DetailsUnavailable(str(error)) from None
+    if status in (403, 404, 410):
+        return None
+    if body is None:
+        raise DetailsUnavailable(f"storage answered {status}")
+    return body
 
 
 def settle(run: Run, state: str, error: str) -> Run:

@@ -8,11 +8,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-import requests
 import taskcluster
 from django.db import transaction
 
 from elmo.l10nstats.models import Run, TaskRun
+from elmo.l10nstats.storage import ArtifactTooLarge, StorageUnavailable, read_artifact
 from elmo.life.models import Changeset, Locale, Repository
 from elmo.pushes.records import changeset_ids
 from shardworker.deliveries import Delivery
@@ -115,18 +115,14 @@ class TaskclusterHandler:
         if not isinstance(url, str):
             raise PermanentError(f"Taskcluster gave no URL for {name}")
         try:
-            with requests.get(url, timeout=self.http_timeout, stream=True) as response:
-                if response.status_code >= 500:
-                    raise TransientError(f"artifact storage answered {response.status_code}")
-                if response.status_code != 200:
-                    raise PermanentError(f"{name} answered {response.status_code}")
-                body = b""
-                for chunk in response.iter_content(64 * 1024):
-                    body += chunk
-                    if len(body) > MAX_BODY_BYTES:
-                        raise PermanentError(f"{name} is larger than {MAX_BODY_BYTES} bytes")
-        except requests.RequestException as error:
-            raise TransientError(f"artifact storage unreachable: {error}") from None
+            status, body = read_artifact(url, max_bytes=MAX_BODY_BYTES,
+                                         timeout=self.http_timeout)
+        except StorageUnavailable as error:
+            raise TransientError(f"{name}: {error}") from None
+        except ArtifactTooLarge as error:
+            raise PermanentError(f"{name} is {error}") from None
+        if body is None:
+            raise PermanentError(f"{name} answered {status}")
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError) as error:

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
 REPOSITORY_NAME = re.compile(rf"{SEGMENT}(/{SEGMENT}){{0,4}}")
 LOCK_DIRECTORY = ".locks"
+MAX_NAME_LENGTH = 100  # life.Repository.name
 
 # What hg says about a damaged clone, and the repair each calls for. The
 # worker may repair because it holds the clone's file lock: nobody else is
@@ -48,9 +49,13 @@ class HgFailed(TransientError):
 
 
 def check_repository_name(name: str) -> str:
-    """Return `name` if it is a safe repository path, else raise PermanentError."""
+    """Return `name` if it is a safe repository path that the database can
+    hold, else raise PermanentError."""
     if not isinstance(name, str) or not REPOSITORY_NAME.fullmatch(name):
         raise PermanentError(f"not a valid repository path: {name!r:.120}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise PermanentError(f"repository path longer than {MAX_NAME_LENGTH} characters: "
+                             f"{name!r:.120}")
     return name
 
 

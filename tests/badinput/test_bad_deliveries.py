@@ -365,16 +365,12 @@ def test_repo_url_on_another_port_of_the_hg_host_never_reaches_it(
     assert not Repository.objects.filter(name="l10n-central/new").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "check_repository_name accepts up to five segments of 100 characters, but "
-    "Repository.name holds 100: HgmoHandler.newrepo stores the longer name on SQLite (and "
-    "locks and syncs it), while PostgreSQL raises DataError, which is retried "
-    "ELMO_MAX_ATTEMPTS times as 'unexpected' before the dead letter"))
 def test_new_repository_with_a_name_longer_than_the_model_holds_is_dead_lettered_at_once(
         hgmo, publisher, start_worker):
     Forest.objects.create(name=INCOMING, url=hgmo.base_url + INCOMING)
     name = f"{INCOMING}/{'a' * 100}"
-    assert check_repository_name(name) == name
+    with pytest.raises(PermanentError):
+        check_repository_name(name)
     worker = start_worker(shards=1)
     body = encode(envelope("newrepo.1", {"repo_url": hgmo.base_url + name}))
     publisher.publish_raw(name, body)
