@@ -196,7 +196,7 @@ def bad_deliveries(draw, base_url: str, stranger_url: str) -> Bad:
                 "pushlog_pushes": draw(json_values)}
         return made(routing(repository), encode(envelope(kind, data, meta)), ("ignored",))
     if category == "untracked":
-        name = draw(st.sampled_from([UNTRACKED, UNKNOWN, "l10n-central/" + "a" * 100,
+        name = draw(st.sampled_from([UNTRACKED, UNKNOWN, "l10n-central/" + "a" * 87,
                                      "other-forest/de", "a/b/c/d/e"]))
         kind = draw(st.sampled_from(["changegroup.1", "newrepo.1"]))
         ids = draw(st.lists(st.integers(1, 2**31 - 1), max_size=4))
