@@ -97,8 +97,8 @@ def test_missed_delivery_is_repaired_by_the_next(github, github_publisher, gh_wo
     github_publisher.publish_webhook(github.push_event(NAME, "main", missed, latest))
     wait_for_pushes(2)
 
+    wait_for_log(worker, "push 2 (2 commits)")
     assert pushes()[1][2] == sorted([missed, latest])
-    assert "push 2 (2 commits)" in worker.log()
 
 
 def test_forced_push_deleted_branch_tag_and_other_branch(github, github_publisher, gh_worker):
