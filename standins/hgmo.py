@@ -536,6 +536,8 @@ class HgmoPublisher:
             self._connection.default_channel,
             exchange=kombu.Exchange(exchange, type="topic", durable=True),
         )
+        # Declared now, so that a worker started before the first publish finds it.
+        self._producer.exchange.declare()
 
     def publish_changegroup(
         self, source: HgmoStandIn | str, repo_name: str, push_ids: Sequence[int]

@@ -40,6 +40,8 @@ DAMAGED = ("is corrupted", "unknown parent", "damaged", "integrity check failed"
            "no match found", "empty or missing", "not found!", "checksum mismatch",
            "unknown revlog", "no node")
 HG_LOCK_FILES = (".hg/wlock", ".hg/store/lock")
+# Loaded into every hg: redirects are followed only within the host asked.
+SAME_HOST_EXTENSION = Path(__file__).with_name("hg_same_host.py")
 # Up to this many nodes are looked up by name; more, by listing the clone.
 LOOKUP_BATCH = 400
 
@@ -217,7 +219,7 @@ class Clones:
     def run(self, arguments: list[str], name: str) -> str:
         """Run hg; a failure that may heal raises TransientError."""
         command = [self.hg, "--config", "ui.interactive=false", "--config", "ui.timeout=10",
-                   *arguments]
+                   "--config", f"extensions.elmo_same_host={SAME_HOST_EXTENSION}", *arguments]
         try:
             result = subprocess.run(
                 command,
@@ -237,4 +239,6 @@ class Clones:
         error = error.splitlines()[-1] if error else f"exit code {result.returncode}"
         if "HTTP Error 404" in error:
             raise PermanentError(f"the hg host does not know {name}: {error}")
+        if "redirects to another host" in error:
+            raise PermanentError(f"hg for {name}: {error.removeprefix('abort: ')}")
         raise HgFailed(f"hg failed for {name}: {error}")

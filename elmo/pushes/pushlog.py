@@ -4,19 +4,16 @@ field by field, so that what reaches the database is what the host said."""
 import json
 import logging
 import re
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
+from elmo import bounded_http
 from shardworker.errors import PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
 NODE = re.compile(r"[0-9a-f]{40}")
 PUSH_KEY = re.compile(r"[0-9]{1,10}")
-READ_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,56 +47,35 @@ def pushlog_url(repository_url: str, start_id: int, end_id: int | None) -> str:
     return f"{repository_url.rstrip('/')}/json-pushes?{urlencode(query)}"
 
 
-class SameHostRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to the host that was asked."""
-
-    def redirect_request(self, request, fp, code, message, headers, new_url):
-        if urlsplit(new_url).netloc != urlsplit(request.full_url).netloc:
-            raise PermanentError(f"pushlog {request.full_url} redirects to another host")
-        return super().redirect_request(request, fp, code, message, headers, new_url)
-
-
-OPENER = urllib.request.build_opener(SameHostRedirects)
-
-
 def fetch_page(repository_url: str, start_id: int, end_id: int | None, *,
                timeout: float, max_bytes: int) -> PushlogPage:
     """The pushes after `start_id` up to `end_id` (all when None).
 
     `timeout` bounds the whole request, not each read: a host that trickles
-    its answer is given up on like one that does not answer.
+    its answer is given up on like one that does not answer. Redirects are
+    followed within the host only.
     """
     url = pushlog_url(repository_url, start_id, end_id)
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    deadline = time.monotonic() + timeout
     try:
-        with OPENER.open(request, timeout=timeout) as response:
-            raw = read_limited(response, max_bytes, url, deadline)
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            raise PermanentError(f"pushlog {url} answered 404") from None
-        raise TransientError(f"pushlog {url} answered {error.code}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise TransientError(f"pushlog {url} unreachable: {reason}") from None
+        answer = bounded_http.get(url, timeout=timeout, max_bytes=max_bytes, same_host=True,
+                                  headers={"Accept": "application/json"})
+    except bounded_http.TimedOut:
+        raise TransientError(f"pushlog {url} took longer than the HTTP timeout") from None
+    except bounded_http.Unreachable as error:
+        raise TransientError(f"pushlog {url} unreachable: {error}") from None
+    except bounded_http.TooLarge as error:
+        raise PermanentError(f"pushlog {url} is {error}") from None
+    except bounded_http.RedirectsElsewhere as error:
+        raise PermanentError(f"pushlog {url} {error}") from None
+    if answer.status == 404:
+        raise PermanentError(f"pushlog {url} answered 404")
+    if answer.body is None:
+        raise TransientError(f"pushlog {url} answered {answer.status}")
     try:
-        document = json.loads(raw)
+        document = json.loads(answer.body)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise PermanentError(f"pushlog {url} is not JSON: {error}") from None
     return parse_page(document, url, start_id, end_id)
-
-
-def read_limited(response, max_bytes: int, url: str, deadline: float) -> bytes:
-    chunks = []
-    size = 0
-    while chunk := response.read1(READ_CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            raise PermanentError(f"pushlog {url} is larger than {max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise TransientError(f"pushlog {url} took longer than the HTTP timeout")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_page(document: object, url: str, start_id: int, end_id: int | None) -> PushlogPage:

@@ -265,10 +265,6 @@ def test_pushlog_redirect_to_another_host_is_not_followed(hgmo, publisher, start
     assert letter.attempts == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Clones.run lets hg clone/pull follow HTTP redirects, and Mercurial's opener follows "
-    "them to any host ('real URL is ...'): hgweb answering 302 sends the worker's hg to a "
-    "host other than ELMO_HG_BASE_URL; only the pushlog refuses such redirects"))
 def test_hg_redirect_to_another_host_is_not_followed(hgmo, publisher, start_worker, stranger):
     """The pushlog is honest; hgweb, which hg clones from, redirects elsewhere."""
     name = "lies/hg-redirect"
@@ -287,6 +283,9 @@ def test_hg_redirect_to_another_host_is_not_followed(hgmo, publisher, start_work
 
     assert stranger.requests == []
     assert not Push.objects.filter(repository__name=name).exists()
+    letter = DeadLetter.objects.get(message_id__startswith=short_id(body, name))
+    assert "redirects to another host" in letter.reason
+    assert letter.attempts == 1
 
 
 class SlowHeadersHost:
@@ -329,10 +328,6 @@ class SlowHeadersHost:
         self.listener.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fetch_page's deadline is checked in read_limited, after OPENER.open has returned; "
-    "while the status line and headers arrive a byte at a time, only the per-read socket "
-    "timeout applies, so the shard waits until --message-timeout (an hour by default)"))
 def test_pushlog_host_trickling_its_headers_is_given_up_within_the_http_timeout(
         hgmo, publisher, start_worker):
     slow = SlowHeadersHost()
