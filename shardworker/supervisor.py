@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.connection import wait
 
+from django.db import close_old_connections, connections
 from kombu import Consumer
 from kombu.message import Message
 
@@ -37,6 +38,19 @@ MAX_READS_PER_WAKEUP = 64
 BACKLOG_INTERVAL = 15.0
 # /healthz fails when the main loop has not turned for this long.
 LOOP_STALL = 30.0
+
+
+def keep_dead_letter(delivery: Delivery, reason: str, attempts: int,
+                     repository: str = "") -> None:
+    """The supervisor's rare database write. Its connection may have broken
+    since the last one (the database restarted): drop it so that this write
+    connects afresh, and drop it again when the write fails."""
+    close_old_connections()
+    try:
+        deadletters.keep(delivery, reason, attempts, repository)
+    except Exception:
+        connections.close_all()
+        raise
 
 
 @dataclass
@@ -267,7 +281,7 @@ class Supervisor:
             return
         reason = f"the shard processing it died {crashes} times"
         try:
-            deadletters.keep(delivery, reason, crashes, delivery.routing_key)
+            keep_dead_letter(delivery, reason, crashes, delivery.routing_key)
         except Exception:
             logger.exception("msg=%s cannot store dead letter; returning it to the queue",
                              delivery.short_id)
@@ -453,7 +467,7 @@ class Supervisor:
         delivery = Delivery(exchange=printable(str(info.get("exchange", ""))),
                             routing_key=printable(str(info.get("routing_key", ""))), body=body)
         try:
-            deadletters.keep(delivery, f"unreadable envelope: {type(error).__name__}: {error}",
+            keep_dead_letter(delivery, f"unreadable envelope: {type(error).__name__}: {error}",
                              1)
             message.ack()
             self.metrics["dead_letters"].labels(delivery.source).inc()

@@ -3,6 +3,7 @@ same file locks as the Mercurial clones, driven by the `git` command with a
 clean configuration."""
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,12 @@ class Commit:
     author: str
     message: str
     files: tuple[str, ...]
+
+
+# git follows the first redirect of a fetch to any host; the worker follows
+# none, so that clones only ever come from the configured host.
+GIT_OPTIONS = ("-c", "http.followRedirects=false")
+REDIRECTED = re.compile(r"returned error: 30[1278]\b")
 
 
 def git_environment() -> dict[str, str]:
@@ -101,7 +108,7 @@ class GitClones(Clones):
     def git_run(self, arguments: list[str], name: str, stdin: str | None = None) -> str:
         try:
             result = subprocess.run(
-                [self.git, *arguments], env=git_environment(), input=stdin,
+                [self.git, *GIT_OPTIONS, *arguments], env=git_environment(), input=stdin,
                 stdin=None if stdin is not None else subprocess.DEVNULL,
                 capture_output=True, text=True, timeout=self.timeout,
                 preexec_fn=_die_with_parent, check=False,
@@ -114,4 +121,7 @@ class GitClones(Clones):
         error = error.splitlines()[-1] if error else f"exit code {result.returncode}"
         if "not found" in error and "repository" in error:
             raise PermanentError(f"GitHub does not know {name}: {error}")
+        if REDIRECTED.search(error):
+            raise PermanentError(f"git for {name}: the host redirects (the repository may "
+                                 f"have moved; update its URL): {error}")
         raise TransientError(f"git failed for {name}: {error}")

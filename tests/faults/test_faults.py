@@ -28,6 +28,11 @@ changesets) and `json-pushes?full=1` (authors, descriptions, branches,
 parents, files), which is what one worker processing the messages one after
 the other records.
 
+The suite runs on PostgreSQL only (set DATABASE_URL): it is the database
+production uses, and a database outage or two workers writing at once mean
+little on SQLite. Two of its faults stop RabbitMQ's application and the local
+PostgreSQL cluster for a few seconds, and start them again.
+
 Other test runs share the broker and publish to the same exchange, so their
 messages reach this test's queue too (and are dead-lettered here, for a host
 on another port); only this test's own messages are counted.
@@ -43,23 +48,31 @@ import subprocess
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import kombu
 import pytest
+from django.conf import settings
+from django.db import connection, connections
 from django.db.models import Count
+from django.db.utils import OperationalError
 
 from elmo.life.models import Changeset, Forest, Locale, Push, Repository
 from shardworker.deliveries import HGMO_EXCHANGE, Delivery, route_to_shard
 from shardworker.models import DeadLetter
-from standins.hgmo import HgmoStandIn
+from standins.hgmo import HgmoPublisher, HgmoStandIn
 from tests.conftest import AMQP_URL, PROJECT, wait_until
 from tests.helpers import clone_nodes, recorded_pushes
 
-pytestmark = pytest.mark.django_db(transaction=True)
+ON_POSTGRESQL = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not ON_POSTGRESQL, reason="the fault suite runs on PostgreSQL, the "
+                       "production database: set DATABASE_URL"),
+]
 
 BUNDLE = PROJECT.parent / "shared" / "data" / "fx-private-relay-l10n.hg"
 HG = PROJECT / ".venv" / "bin" / "hg"
@@ -919,3 +932,133 @@ def test_broker_closing_the_connection_is_survived_by_reconnecting(relay, start_
     wait_settled(load, logs)
     account("broker-closes-connection", load, logs, queue_suffix)
     assert logs.count("lost the broker connection") == 2
+
+
+# 9. RabbitMQ restarts.
+
+
+def rabbitmqctl(*arguments: str, timeout: float = 120) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *arguments], check=True, capture_output=True,
+                   timeout=timeout)
+
+
+@contextlib.contextmanager
+def broker_stopped() -> Iterator[None]:
+    """RabbitMQ's application stopped (every connection closed, the port shut)
+    and started again, with its durable queues and persistent messages."""
+    rabbitmqctl("stop_app")
+    try:
+        yield
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+
+def test_broker_restart_is_survived_by_reconnecting(relay, start_worker, queue_suffix):
+    load = relay(4)
+    worker = start_worker(shards=4)
+    logs = Logs(worker)
+    load.publish_rounds(1, 12)
+    wait_until(lambda: settled_count(load, logs) >= 12, 90, "12 messages processed")
+
+    since = logs.mark()
+    with broker_stopped():
+        logs.wait_for("lost the broker connection", since)
+        # Down long enough for the worker to fail to reconnect and back off.
+        logs.wait_for("cannot consume from", since, timeout=30)
+        time.sleep(3)
+    logs.wait_for("connected to ", since, timeout=90)
+    # The test's own publisher lost its connection too.
+    with HgmoPublisher(AMQP_URL) as publisher:
+        load.publisher = publisher
+        load.publish_rounds(13, 16)
+    wait_settled(load, logs)
+
+    account("broker-restart", load, logs, queue_suffix)
+    assert logs.count("lost the broker connection") == 1
+    assert logs.count("connected to ") == 2
+
+
+# 10. PostgreSQL stops for a while.
+
+
+def local_postgresql_cluster() -> str | None:
+    """The version of the local PostgreSQL cluster the tests use, if they use one
+    that this machine can stop and start."""
+    config = connection.settings_dict
+    if not config["ENGINE"].endswith("postgresql") or \
+            (config.get("HOST") or "127.0.0.1") not in ("127.0.0.1", "localhost"):
+        return None
+    versions = sorted(path.parent.name for path in Path("/etc/postgresql").glob("*/main"))
+    return versions[-1] if versions and shutil.which("pg_ctlcluster") else None
+
+
+@contextlib.contextmanager
+def database_stopped(version: str) -> Iterator[None]:
+    """The PostgreSQL cluster stopped (every connection cut) and started again."""
+    def cluster(action: str) -> None:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+                       check=True, capture_output=True, timeout=120)
+
+    connections.close_all()
+    cluster("stop")
+    try:
+        yield
+    finally:
+        cluster("start")
+        connections.close_all()
+        wait_until(database_answers, 60, "PostgreSQL to answer again")
+
+
+def database_answers() -> bool:
+    try:
+        connections.close_all()
+        connection.ensure_connection()
+        return True
+    except OperationalError:
+        return False
+
+
+def test_database_outage_keeps_every_message_and_records_it_afterwards(
+        relay, hgmo, monkeypatch, start_worker, queue_suffix):
+    version = local_postgresql_cluster()
+    if version is None:
+        pytest.skip("needs the tests' database on a local PostgreSQL cluster")
+    load = relay(4)
+    victims = load.names[:2]
+    faults = HostFaults(hgmo, monkeypatch)
+    # Time to kill the shard in the act, once before the outage and once after.
+    faults.held_pushlogs[(victims[0], 2, 3)] = 3.0
+    faults.held_pushlogs[(victims[1], 11, 12)] = 3.0
+    worker = start_worker(shards=4, extra=["--max-crashes", "1"])
+    logs = Logs(worker)
+    load.publish_rounds(1, 10)
+    # The supervisor dead-letters a message whose shard died: it opens its
+    # own database connection, which the outage will break.
+    poisons = [kill_shard_processing(load, logs, load.message(victims[0], 3))]
+    wait_until(lambda: settled_count(load, logs) >= 16, 90, "16 messages processed")
+
+    since = logs.mark()
+    with database_stopped(version):
+        load.publish_rounds(11, 14)
+        logs.wait_for(r"database unavailable: .*; retrying in", since)
+        time.sleep(5)
+        outcomes_during = settled_count(load, logs)
+        time.sleep(2)
+        assert settled_count(load, logs) == outcomes_during, "settled while the database was down"
+    poisons.append(kill_shard_processing(load, logs, load.message(victims[1], 12)))
+    wait_settled(load, logs, timeout=120)
+
+    letters = account("database-outage", load, logs, queue_suffix, dead_lettered=poisons)
+    assert all(letters[sent.message_id].reason == "the shard processing it died 1 times"
+               for sent in poisons)
+    assert logs.count("cannot store dead letter") == 0
+
+
+def kill_shard_processing(load: Relay, logs: Logs, target: Sent) -> Sent:
+    """kill -9 the shard while it processes `target`."""
+    shard, pid = wait_until(lambda: logs.refresh().started(target), 90,
+                            f"{target} to start\n{logs.tail()}")[0]
+    os.kill(pid, signal.SIGKILL)
+    logs.wait_for(rf"msg={target.short_id} dead_lettered in")
+    return target
