@@ -49,6 +49,7 @@ def main() -> int:
 
             call_command("migrate", verbosity=0)
             one_push_versus_pull(hgmo, workdir, arguments.repeat)
+            bounded_pushlog_versus_plain_read(hgmo)
             api_pull_versus_command(hgmo, workdir, arguments.repeat)
             newrepo_versus_clone(hgmo, workdir, arguments.bundle)
             noop_dispatch_versus_bare_consumer(publisher, workdir, hgmo)
@@ -116,6 +117,31 @@ def one_push_versus_pull(hgmo, workdir: Path, repeat: int) -> None:
     worker, pull = statistics.median(worker_times), statistics.median(pull_times)
     report("record-one-push-vs-hg-pull", worker / pull, worker, pull,
            "median sync of one push vs bare hg pull")
+
+
+def bounded_pushlog_versus_plain_read(hgmo, repeat: int = 60) -> None:
+    """The pushlog read as the worker does it (total-time watchdog, same-host
+    redirects, size bound, field checks), against urllib reading and parsing
+    the same page with nothing else. Run after (a), whose repository it reads."""
+    import json
+    import urllib.request
+
+    from elmo.pushes.pushlog import fetch_page, pushlog_url
+
+    base = hgmo.base_url + "bench/small"
+    url = pushlog_url(base, 0, 20)
+    worker_times, plain_times = [], []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=60) as response:
+            json.loads(response.read())
+        plain_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        fetch_page(base, 0, 20, timeout=60, max_bytes=256 * 1024 * 1024)
+        worker_times.append(time.perf_counter() - started)
+    worker, plain = statistics.median(worker_times), statistics.median(plain_times)
+    report("bounded-pushlog-read-vs-plain-urllib", worker / plain, worker, plain,
+           "median read of 20 pushes, checked and bounded vs plain")
 
 
 def api_pull_versus_command(hgmo, workdir: Path, repeat: int) -> None:

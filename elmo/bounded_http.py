@@ -77,7 +77,9 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
-class _WatchedHTTPConnection(http.client.HTTPConnection):
+class _Watched:
+    """A connection that hands its socket to the request's watchdog."""
+
     def __init__(self, *args, watchdog: Watchdog, **kwargs):
         super().__init__(*args, **kwargs)
         self.watchdog = watchdog
@@ -87,14 +89,12 @@ class _WatchedHTTPConnection(http.client.HTTPConnection):
         self.watchdog.watch(self.sock)
 
 
-class _WatchedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, watchdog: Watchdog, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.watchdog = watchdog
+class _WatchedHTTPConnection(_Watched, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self.watchdog.watch(self.sock)
+
+class _WatchedHTTPSConnection(_Watched, http.client.HTTPSConnection):
+    pass
 
 
 class _WatchedHTTPHandler(urllib.request.HTTPHandler):

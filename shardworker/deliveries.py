@@ -52,6 +52,19 @@ class Delivery:
         return self.message_id[:12]
 
     @property
+    def repository(self) -> str:
+        """The repository the message is about, as logs and dead letters name
+        it: the path on the hg host, `<owner>/<name>` on GitHub. Taskcluster
+        messages name a task, not a repository: their routing key."""
+        if self.exchange == GITHUB_PUSH_EXCHANGE:
+            # primary.<organization>.<repository>, periods in names as `%`.
+            return "/".join(self.routing_key.split(".")[1:3]).replace("%", ".")
+        if self.exchange == GITHUB_WEBHOOKS_EXCHANGE:
+            # <owner>/<repository>/<event>
+            return "/".join(self.routing_key.split("/")[:2])
+        return self.routing_key
+
+    @property
     def repository_key(self) -> str:
         """What the message is about, for routing. hg.mozilla.org and GitHub
         put the repository in the routing key. A Taskcluster routing key starts
@@ -60,14 +73,8 @@ class Delivery:
         if self.source == "taskcluster":
             parts = self.routing_key.split(".")
             return f"taskcluster:{parts[1] if len(parts) > 1 else self.routing_key}"
-        if self.exchange == GITHUB_PUSH_EXCHANGE:
-            # primary.<organization>.<repository>, periods in names as `%`.
-            parts = self.routing_key.split(".")
-            name = "/".join(parts[1:3]).replace("%", ".")
-            return f"github:{name.lower()}"
-        if self.exchange == GITHUB_WEBHOOKS_EXCHANGE:
-            # <owner>/<repository>/<event>
-            return f"github:{'/'.join(self.routing_key.split('/')[:2]).lower()}"
+        if self.source == "github":
+            return f"github:{self.repository.lower()}"
         return f"{self.source}:{self.routing_key}"
 
 

@@ -54,18 +54,18 @@ class Processor:
                 database_failures += 1
                 reason = f"database unavailable: {error}".strip()
                 delay = self.backoff(database_failures)
-                logger.error("repo=%s msg=%s %s; retrying in %.1f s", delivery.routing_key,
+                logger.error("repo=%s msg=%s %s; retrying in %.1f s", delivery.repository,
                              delivery.short_id, reason.splitlines()[0], delay)
                 connections.close_all()
                 if self.wait(delay):
-                    return Result(REQUEUED, delivery.routing_key, reason)
+                    return Result(REQUEUED, delivery.repository, reason)
                 continue
             except PermanentError as error:
                 return self.dead_letter(delivery, str(error), attempt)
             except TransientError as error:
                 reason = str(error)
             except Exception as error:
-                logger.exception("repo=%s msg=%s unexpected failure", delivery.routing_key,
+                logger.exception("repo=%s msg=%s unexpected failure", delivery.repository,
                                  delivery.short_id)
                 reason = f"unexpected {type(error).__name__}: {error}"
             if attempt >= self.max_attempts:
@@ -74,9 +74,9 @@ class Processor:
                 )
             delay = self.backoff(attempt)
             logger.warning("repo=%s msg=%s attempt %d failed: %s; retrying in %.1f s",
-                           delivery.routing_key, delivery.short_id, attempt, reason, delay)
+                           delivery.repository, delivery.short_id, attempt, reason, delay)
             if self.wait(delay):
-                return Result(REQUEUED, delivery.routing_key, reason)
+                return Result(REQUEUED, delivery.repository, reason)
 
     def handle(self, delivery: Delivery) -> Result:
         handler = self.handlers.get(delivery.source)
@@ -89,12 +89,12 @@ class Processor:
         failures = 0
         while True:
             try:
-                deadletters.keep(delivery, reason, attempts, delivery.routing_key)
-                return Result(DEAD_LETTERED, delivery.routing_key, reason)
+                deadletters.keep(delivery, reason, attempts, delivery.repository)
+                return Result(DEAD_LETTERED, delivery.repository, reason)
             except (OperationalError, InterfaceError) as error:
                 failures += 1
                 logger.error("msg=%s cannot store dead letter: %s", delivery.short_id,
                              str(error).strip().splitlines()[0] if str(error) else error)
                 connections.close_all()
                 if self.wait(self.backoff(failures)):
-                    return Result(REQUEUED, delivery.routing_key, reason)
+                    return Result(REQUEUED, delivery.repository, reason)

@@ -92,13 +92,13 @@ class Shard:
                 return
             _, delivery, earlier_attempts = command
             logger.debug("shard=%d repo=%s msg=%s started (pid %d)", self.index,
-                         delivery.routing_key[:100], delivery.short_id, os.getpid())
+                         delivery.repository[:100], delivery.short_id, os.getpid())
             started = time.monotonic()
             result = self.processor.process(delivery, earlier_attempts)
             seconds = time.monotonic() - started
             level = logging.INFO if result.outcome != DEAD_LETTERED else logging.WARNING
             logger.log(level, "shard=%d repo=%s msg=%s %s in %.2f s: %s", self.index,
-                        result.repository or delivery.routing_key[:100], delivery.short_id,
+                        result.repository or delivery.repository[:100], delivery.short_id,
                         result.outcome, seconds, result.summary)
             try:
                 self.pipe.send(("done", delivery.message_id, result, seconds))

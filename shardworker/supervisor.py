@@ -234,7 +234,7 @@ class Supervisor:
                 continue
             if shard.current and now - shard.current.started > self.message_timeout:
                 logger.error("shard=%d repo=%s msg=%s busy for over %.0f s; killing it",
-                             shard.index, shard.current.delivery.routing_key[:100],
+                             shard.index, shard.current.delivery.repository[:100],
                              shard.current.delivery.short_id, self.message_timeout)
                 shard.timed_out = True
                 shard.process.kill()
@@ -274,24 +274,24 @@ class Supervisor:
         self.crashes[delivery.message_id] = crashes
         if crashes < self.max_crashes:
             logger.warning("shard=%d repo=%s msg=%s shard died during the message (%d of %d); "
-                           "trying again", shard.index, delivery.routing_key[:100],
+                           "trying again", shard.index, delivery.repository[:100],
                            delivery.short_id, crashes, self.max_crashes)
             assignment.crashes = crashes
             shard.pending.appendleft(assignment)
             return
         reason = f"the shard processing it died {crashes} times"
         try:
-            keep_dead_letter(delivery, reason, crashes, delivery.routing_key)
+            keep_dead_letter(delivery, reason, crashes, delivery.repository)
         except Exception:
             logger.exception("msg=%s cannot store dead letter; returning it to the queue",
                              delivery.short_id)
-            self.settle(assignment, Result(REQUEUED, delivery.routing_key, reason))
+            self.settle(assignment, Result(REQUEUED, delivery.repository, reason))
             return
         self.crashes.pop(delivery.message_id, None)
         logger.warning("shard=%d repo=%s msg=%s dead_lettered in %.2f s: %s", shard.index,
-                       delivery.routing_key[:100], delivery.short_id,
+                       delivery.repository[:100], delivery.short_id,
                        time.monotonic() - assignment.started, reason)
-        self.settle(assignment, Result(DEAD_LETTERED, delivery.routing_key, reason))
+        self.settle(assignment, Result(DEAD_LETTERED, delivery.repository, reason))
 
     def dispatch(self) -> None:
         """Hand each idle, ready shard its next message."""
@@ -510,7 +510,7 @@ class Supervisor:
             return
         shard = self.shards[route_to_shard(delivery, len(self.shards))]
         logger.debug("shard=%d repo=%s msg=%s received%s", shard.index,
-                     delivery.routing_key[:100], delivery.short_id,
+                     delivery.repository[:100], delivery.short_id,
                      " (redelivered)" if delivery.redelivered else "")
         assignment = Assignment(delivery, message, self.generation,
                                 crashes=self.crashes.get(delivery.message_id, 0))
@@ -570,7 +570,7 @@ class Supervisor:
             if shard.current is not None:
                 logger.error("shard=%d repo=%s msg=%s died while draining; the broker will "
                              "deliver its message again", shard.index,
-                             shard.current.delivery.routing_key[:100],
+                             shard.current.delivery.repository[:100],
                              shard.current.delivery.short_id)
                 shard.current = None
             shard.process.join(0)

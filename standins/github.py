@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import shutil
-import socketserver
 import subprocess
 import tempfile
 import threading
@@ -22,10 +21,11 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.util import is_hop_by_hop
 
 import kombu
+
+from standins.server import Served
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +126,8 @@ def _node_id(kind: str, number: int) -> str:
     return base64.b64encode(f"0{len(kind)}:{kind}{number}".encode("ascii")).decode("ascii")
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
 
-
-class _LoggingRequestHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class GitHubStandIn:
+class GitHubStandIn(Served):
     """GitHub on loopback: bare repositories that the real git client clones and fetches.
 
     Repositories live under `root/repos/<owner>/<name>.git` and are served, read-only, at
@@ -144,6 +136,8 @@ class GitHubStandIn:
     describes such a change as GitHub's push webhook does. `fail_next`, `delay` and `requests`
     let tests inject and observe faults on every request.
     """
+
+    label = "GitHub stand-in"
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root)
@@ -156,8 +150,6 @@ class GitHubStandIn:
         self._failures: list[int] = []
         self._state_lock = threading.Lock()
         self._authoring_lock = threading.RLock()
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self.repositories_root.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(parents=True, exist_ok=True)
 
@@ -165,39 +157,12 @@ class GitHubStandIn:
 
     def start(self) -> GitHubStandIn:
         """Serve the repositories on a background thread until stop()."""
-        self._server = make_server(
-            self.host,
-            self.port,
-            self._application,
-            server_class=_ThreadingWSGIServer,
-            handler_class=_LoggingRequestHandler,
-        )
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # how long stop() waits at most
-            name="github-standin",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("GitHub stand-in serving %s at %s", self.root, self.base_url)
+        self._serve(str(self.root))
         return self
 
-    def stop(self) -> None:
-        """Stop serving; requests in flight are not waited for."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
-        log.info("GitHub stand-in at %s stopped", self.base_url)
-
-    def __enter__(self) -> GitHubStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    @property
+    def address(self) -> str:
+        return self.base_url
 
     @property
     def base_url(self) -> str:

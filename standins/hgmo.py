@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import socketserver
 import subprocess
 import sys
 import threading
@@ -22,7 +21,6 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, NamedTuple
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.util import is_hop_by_hop
 
 import kombu
@@ -32,6 +30,7 @@ from mercurial.repo import factory as repo_factory
 from mercurial.utils import stringutil
 
 from standins import pushlog_hook
+from standins.server import Served
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +107,8 @@ def _text(value: bytes) -> str:
     return encoding.fromlocal(value).decode("utf-8")
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
 
-
-class _LoggingRequestHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class HgmoStandIn:
+class HgmoStandIn(Served):
     """hg.mozilla.org on loopback, for tests and the demo; one per root directory.
 
     Served repositories live under `root/repos`, the authoring helper's working copies under
@@ -126,6 +117,8 @@ class HgmoStandIn:
     to their `user` while they push. `fail_next`, `delay` and `requests` let tests inject and
     observe faults on every request.
     """
+
+    label = "hg.mozilla.org stand-in"
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root)
@@ -141,8 +134,6 @@ class HgmoStandIn:
         self._authoring_lock = threading.RLock()
         self._ui = self._make_server_ui()
         self._hgweb: Any = None
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     # Lifecycle
 
@@ -154,36 +145,12 @@ class HgmoStandIn:
         self._hgweb = hgweb.hgweb(
             [(b"", os.fsencode(self.repositories_root) + b"/*")], baseui=self._ui
         )
-        self._server = make_server(
-            self.host,
-            self.port,
-            self._application,
-            server_class=_ThreadingWSGIServer,
-            handler_class=_LoggingRequestHandler,
-        )
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="hgmo-standin", daemon=True
-        )
-        self._thread.start()
-        log.info("hg.mozilla.org stand-in serving %s at %s", self.root, self.base_url)
+        self._serve(str(self.root))
         return self
 
-    def stop(self) -> None:
-        """Stop serving; requests in flight are not waited for."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
-        log.info("hg.mozilla.org stand-in at %s stopped", self.base_url)
-
-    def __enter__(self) -> HgmoStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    @property
+    def address(self) -> str:
+        return self.base_url
 
     @property
     def base_url(self) -> str:

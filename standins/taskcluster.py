@@ -9,7 +9,6 @@ import json
 import logging
 import mimetypes
 import re
-import socketserver
 import threading
 import urllib.parse
 import uuid
@@ -19,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import kombu
 from taskcluster.utils import slugId
+
+from standins.server import Served
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +167,8 @@ class _Task:
     runs: list[_Run]
 
 
-class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
 
-
-class _LoggingRequestHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class TaskclusterStandIn:
+class TaskclusterStandIn(Served):
     """The Taskcluster queue on loopback, serving `<root_url>/api/queue/v1/` to the real client.
 
     Artifacts are served like the real queue: `artifact`/`latestArtifact` (artifact-content)
@@ -186,6 +178,8 @@ class TaskclusterStandIn:
     asked for a `limit`. Unknown tasks and runs raise QueueError, in the API and in Python.
     `fail_next` and `requests` let tests inject and observe faults on every request.
     """
+
+    label = "Taskcluster queue stand-in"
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root)
@@ -197,47 +191,18 @@ class TaskclusterStandIn:
         self._failures: list[int] = []
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     # Lifecycle
 
     def start(self) -> TaskclusterStandIn:
         """Serve the queue on a background thread until stop()."""
         self.storage_root.mkdir(parents=True, exist_ok=True)
-        self._server = make_server(
-            self.host,
-            self.port,
-            self._application,
-            server_class=_ThreadingWSGIServer,
-            handler_class=_LoggingRequestHandler,
-        )
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},  # how long stop() waits at most
-            name="taskcluster-standin",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("Taskcluster queue stand-in serving at %s", self.root_url)
+        self._serve("the queue")
         return self
 
-    def stop(self) -> None:
-        """Stop serving; requests in flight are not waited for."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
-        log.info("Taskcluster queue stand-in at %s stopped", self.root_url)
-
-    def __enter__(self) -> TaskclusterStandIn:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    @property
+    def address(self) -> str:
+        return self.root_url
 
     @property
     def root_url(self) -> str:

@@ -48,7 +48,7 @@ class GitHubHandler:
     def __call__(self, delivery: Delivery) -> Result:
         push = parse_message(delivery)
         if push is None:
-            return Result(IGNORED, delivery.routing_key[:100], "not a push event")
+            return Result(IGNORED, delivery.repository[:100], "not a push event")
         repository = Repository.objects.filter(name=push.full_name, kind=Repository.GIT,
                                                archived=False).first()
         if repository is None:
@@ -119,7 +119,7 @@ def parse_message(delivery: Delivery) -> GitHubPush | None:
         if document.get("event") != "push":
             return None
         event, delivery_id = document.get("payload"), document.get("request_id")
-        named = "/".join(delivery.routing_key.split("/")[:2])
+        named = delivery.repository
     else:
         raise PermanentError(f"not a GitHub exchange: {delivery.exchange!r:.100}")
     if not isinstance(event, dict):

@@ -67,5 +67,6 @@ def test_git_host_redirecting_elsewhere_is_not_followed(github, github_publisher
     letter = letters.get()
     assert "the host redirects" in letter.reason and "returned error: 301" in letter.reason
     assert letter.attempts == 1
+    assert letter.repository == NAME
     assert stranger.requests == []
     assert not Push.objects.filter(repository__name=NAME).exists()
