@@ -50,6 +50,7 @@ def main() -> int:
             call_command("migrate", verbosity=0)
             one_push_versus_pull(hgmo, workdir, arguments.repeat)
             bounded_pushlog_versus_plain_read(hgmo)
+            pull_with_extension_versus_plain(hgmo, workdir)
             api_pull_versus_command(hgmo, workdir, arguments.repeat)
             newrepo_versus_clone(hgmo, workdir, arguments.bundle)
             noop_dispatch_versus_bare_consumer(publisher, workdir, hgmo)
@@ -142,6 +143,28 @@ def bounded_pushlog_versus_plain_read(hgmo, repeat: int = 60) -> None:
     worker, plain = statistics.median(worker_times), statistics.median(plain_times)
     report("bounded-pushlog-read-vs-plain-urllib", worker / plain, worker, plain,
            "median read of 20 pushes, checked and bounded vs plain")
+
+
+def pull_with_extension_versus_plain(hgmo, workdir: Path, repeat: int = 20) -> None:
+    """A no-op `hg pull` with the extension that keeps redirects on the host,
+    against the same pull without it. Run after (a), whose repository it pulls."""
+    from elmo.pushes.clones import SAME_HOST_EXTENSION
+
+    url = hgmo.base_url + "bench/small"
+    clone = workdir / "bare-extension"
+    hg("clone", "--noupdate", url, str(clone))
+    loaded = ["--config", f"extensions.elmo_same_host={SAME_HOST_EXTENSION}"]
+    with_times, plain_times = [], []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        hg("-R", str(clone), "pull", url)
+        plain_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        hg(*loaded, "-R", str(clone), "pull", url)
+        with_times.append(time.perf_counter() - started)
+    subject, plain = statistics.median(with_times), statistics.median(plain_times)
+    report("hg-pull-same-host-extension-vs-plain", subject / plain, subject, plain,
+           "median no-op pull with the redirect extension vs without")
 
 
 def api_pull_versus_command(hgmo, workdir: Path, repeat: int) -> None:

@@ -150,7 +150,7 @@ class Clones:
             return "cloned"
         pull = ["-R", str(path), "pull", "--", url]
         try:
-            self.run(pull, name)
+            self.run(pull, name, remote=True)
             return "pulled"
         except HgFailed as failure:
             repair = self.repair_for(str(failure))
@@ -166,7 +166,7 @@ class Clones:
         if repair == "reclone":
             self.clone(name, url)
         else:
-            self.run(pull, name)
+            self.run(pull, name, remote=True)
         return "repaired"
 
     def lacking(self, name: str, nodes: set[str]) -> set[str]:
@@ -210,16 +210,20 @@ class Clones:
             logger.warning("repo=%s removing broken clone at %s", name, path)
             shutil.rmtree(path)
         try:
-            self.run(["clone", "--noupdate", "--", url, str(scratch)], name)
+            self.run(["clone", "--noupdate", "--", url, str(scratch)], name, remote=True)
             os.rename(scratch, path)
         finally:
             if scratch.exists():
                 shutil.rmtree(scratch, ignore_errors=True)
 
-    def run(self, arguments: list[str], name: str) -> str:
-        """Run hg; a failure that may heal raises TransientError."""
-        command = [self.hg, "--config", "ui.interactive=false", "--config", "ui.timeout=10",
-                   "--config", f"extensions.elmo_same_host={SAME_HOST_EXTENSION}", *arguments]
+    def run(self, arguments: list[str], name: str, remote: bool = False) -> str:
+        """Run hg; a failure that may heal raises TransientError. A `remote`
+        command (clone, pull) loads the extension that keeps redirects on the
+        host; local ones skip its imports."""
+        command = [self.hg, "--config", "ui.interactive=false", "--config", "ui.timeout=10"]
+        if remote:
+            command += ["--config", f"extensions.elmo_same_host={SAME_HOST_EXTENSION}"]
+        command += arguments
         try:
             result = subprocess.run(
                 command,
