@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Connection, Exchange, Queue, binding
 
+from shardworker import undecodable
 from shardworker.deliveries import (
     GITHUB_PUSH_EXCHANGE,
     GITHUB_WEBHOOKS_EXCHANGE,
@@ -65,7 +66,9 @@ def pulse_user() -> str:
 
 
 def connect() -> Connection:
-    """A kombu connection with heartbeats; not yet opened."""
+    """A kombu connection with heartbeats; not yet opened. Deliveries it cannot
+    decode arrive marked as such (shardworker.undecodable)."""
+    undecodable.install()
     url = pulse_url()
     return Connection(
         url,

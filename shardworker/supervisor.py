@@ -21,7 +21,7 @@ from django.db import close_old_connections, connections
 from kombu import Consumer
 from kombu.message import Message
 
-from shardworker import broker, deadletters, metrics
+from shardworker import broker, deadletters, metrics, undecodable
 from shardworker.deliveries import SOURCES, Delivery, printable, route_to_shard
 from shardworker.results import DEAD_LETTERED, OUTCOMES, PROCESSED, REQUEUED, Result
 from shardworker.shard import run_shard
@@ -480,6 +480,8 @@ class Supervisor:
     def assign(self, message: Message) -> None:
         info = message.delivery_info
         headers = dict(message.headers or {})
+        if undecodable.UNDECODABLE in headers:
+            raise ValueError(f"cannot decode its {headers[undecodable.UNDECODABLE]}")
         exchange, routing_key = info.get("exchange", ""), info.get("routing_key", "")
         if not exchange and broker.REPLAY_EXCHANGE in headers:
             # A replayed dead letter: restore its original envelope.
