@@ -222,7 +222,10 @@ class Clones:
         host; local ones skip its imports."""
         command = [self.hg, "--config", "ui.interactive=false", "--config", "ui.timeout=10"]
         if remote:
-            command += ["--config", f"extensions.elmo_same_host={SAME_HOST_EXTENSION}"]
+            # Redirects stay on the host; clone bundles, which hg.mozilla.org
+            # advertises on other hosts, are not fetched.
+            command += ["--config", f"extensions.elmo_same_host={SAME_HOST_EXTENSION}",
+                        "--config", "ui.clonebundles=false"]
         command += arguments
         try:
             result = subprocess.run(

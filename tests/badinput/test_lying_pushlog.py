@@ -288,6 +288,42 @@ def test_hg_redirect_to_another_host_is_not_followed(hgmo, publisher, start_work
     assert letter.attempts == 1
 
 
+@pytest.fixture
+def clone_bundles_advertised():
+    """hgweb advertises the `clonebundles` capability of a repository holding
+    .hg/clonebundles.manifest, as hg.mozilla.org's server extension makes it do."""
+    from mercurial import wireprotov1server
+
+    original = wireprotov1server._capabilities
+
+    def capabilities(repo, proto):
+        answer = original(repo, proto)
+        if repo.vfs.exists(b"clonebundles.manifest"):
+            answer.append(b"clonebundles")
+        return answer
+
+    wireprotov1server._capabilities = capabilities
+    yield
+    wireprotov1server._capabilities = original
+
+
+def test_clone_bundles_on_another_host_are_not_fetched(hgmo, publisher, start_worker,
+                                                       stranger, clone_bundles_advertised):
+    name = "l10n-central/bundled"
+    track(hgmo, name)
+    pushed = hgmo.push(name, {"a.ftl": "a = A\n"})
+    manifest = hgmo.repository_path(name) / ".hg" / "clonebundles.manifest"
+    manifest.write_text(f"{stranger.base_url}bundles/bundled.hg BUNDLESPEC=gzip-v2\n")
+    worker = start_worker(shards=1)
+    body = publisher.publish_changegroup(hgmo, name, [pushed.push_id])
+    needle = f"msg={short_id(body, name)} processed"
+
+    wait_until(lambda: needle in worker.log(), 60, f"{needle}\n{worker.log()[-3000:]}")
+
+    assert stranger.requests == []
+    assert Push.objects.filter(repository__name=name).count() == 1
+
+
 class SlowHeadersHost:
     """An "hg host" on loopback that accepts every request and then sends its status line
     and headers one byte every 0.3 s, for as long as the client listens."""
