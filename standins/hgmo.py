@@ -366,11 +366,14 @@ class HgmoStandIn(Served):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(content, encoding="utf-8")
 
-        run_hg(
-            ["commit", "--addremove", "--message", commit.message],
-            cwd=working_copy,
-            username=author,
-        )
+        # Through a file, so that a message may hold anything Mercurial accepts (NUL too).
+        logfile = working_copy.parent / f".{working_copy.name}.message"
+        logfile.write_bytes(commit.message.encode("utf-8"))
+        try:
+            run_hg(["commit", "--addremove", "--logfile", str(logfile)], cwd=working_copy,
+                   username=author)
+        finally:
+            logfile.unlink(missing_ok=True)
         return self._open_repository(working_copy)[b"."].hex().decode("ascii")
 
     # Faults

@@ -64,6 +64,25 @@ def test_push_recorded_with_changesets_parents_and_files(hgmo, publisher, start_
     assert clone_nodes(tmp_path / "clones", "l10n-central/de") == {*first.nodes, *second.nodes}
 
 
+def test_nul_in_a_commit_message_is_recorded_as_a_replacement_character(
+        hgmo, publisher, start_worker):
+    """Mercurial accepts NUL in a message; PostgreSQL refuses it in text. The push is
+    recorded, and the ones after it too."""
+    track(hgmo, "l10n-central/de")
+    odd = hgmo.push("l10n-central/de", {"a.ftl": "a = A\n"}, message="Add a\x00 by mistake")
+    after = hgmo.push("l10n-central/de", {"a.ftl": "a = B\n"}, message="Change a")
+    worker = start_worker(shards=1)
+
+    body = publisher.publish_changegroup(hgmo, "l10n-central/de", [odd.push_id])
+    wait_for_outcome(worker, body, "l10n-central/de")
+    body = publisher.publish_changegroup(hgmo, "l10n-central/de", [after.push_id])
+    wait_for_outcome(worker, body, "l10n-central/de")
+
+    assert Changeset.objects.get(revision=odd.nodes[0]).description == \
+        "Add a\ufffd by mistake"
+    assert recorded_pushes("l10n-central/de") == standin_pushes(hgmo, "l10n-central/de")
+
+
 def test_merge_recorded_with_both_parents(hgmo, publisher, start_worker):
     track(hgmo, "l10n-central/fr")
     base = hgmo.push("l10n-central/fr", {"a.ftl": "a = A\n"})

@@ -47,7 +47,25 @@ LOOKUP_BATCH = 400
 
 
 class HgFailed(TransientError):
-    """hg exited non-zero; its last line of output says why."""
+    """hg exited non-zero: the message names hg's reason (its `abort:` line),
+    `output` holds all it said."""
+
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.output = output or message
+
+
+def hg_reason(output: str, returncode: int) -> str:
+    """The line of hg's output that says why it failed: the last `abort:` line,
+    else the last line that is not a parenthesised hint."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("abort:"):
+            return line
+    for line in reversed(lines):
+        if not line.startswith("("):
+            return line
+    return lines[-1] if lines else f"exit code {returncode}"
 
 
 def check_repository_name(name: str) -> str:
@@ -153,7 +171,7 @@ class Clones:
             self.run(pull, name, remote=True)
             return "pulled"
         except HgFailed as failure:
-            repair = self.repair_for(str(failure))
+            repair = self.repair_for(failure.output)
             if repair is None:
                 raise
             logger.warning("repo=%s clone damaged (%s); repairing: %s", name, failure, repair)
@@ -242,10 +260,10 @@ class Clones:
                                  f"timed out after {self.timeout:.0f} s") from None
         if result.returncode == 0:
             return result.stdout.decode("utf-8", "replace")
-        error = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
-        error = error.splitlines()[-1] if error else f"exit code {result.returncode}"
+        output = (result.stderr or result.stdout).decode("utf-8", "replace")
+        error = hg_reason(output, result.returncode)
         if "HTTP Error 404" in error:
             raise PermanentError(f"the hg host does not know {name}: {error}")
         if "redirects to another host" in error:
             raise PermanentError(f"hg for {name}: {error.removeprefix('abort: ')}")
-        raise HgFailed(f"hg failed for {name}: {error}")
+        raise HgFailed(f"hg failed for {name}: {error}", output)

@@ -103,9 +103,11 @@ def _is_count(value: object) -> bool:
 
 
 def _text(value: object, what: str, url: str) -> str:
+    """The string, with NUL (which Mercurial allows in messages and PostgreSQL
+    refuses in text) shown as U+FFFD."""
     if not isinstance(value, str):
         raise PermanentError(f"pushlog {url} has no text for {what}")
-    return value
+    return value.replace("\x00", "\ufffd")
 
 
 def _node(value: object, what: str, url: str) -> str:
