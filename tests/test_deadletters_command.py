@@ -61,3 +61,21 @@ def test_purge_needs_a_filter_and_keeps_the_rest(db_rows):
     assert "0 dead letter(s)" in run("list", "--older-than", "1d")
     with pytest.raises(CommandError):
         run("list", "--older-than", "soon")
+
+
+def test_replay_into_a_queue_that_does_not_exist_keeps_the_letter(db_rows, queue_suffix):
+    """The broker drops what is published to a missing queue; the letter must stay."""
+    from shardworker.deadletters import keep
+    from shardworker.deliveries import HGMO_EXCHANGE, Delivery
+
+    letter = keep(Delivery(HGMO_EXCHANGE, "l10n-central/de", b"kept"), "bad", 1,
+                  "l10n-central/de")
+    errors = StringIO()
+    with override_settings(PULSE_URL=AMQP_URL, PULSE_QUEUE_HGMO=f"{queue_suffix}-gone"):
+        output = StringIO()
+        call_command("pulse-deadletters", "replay", str(letter.id), stdout=output,
+                     stderr=errors)
+
+    assert "replayed 0 dead letter(s)" in output.getvalue()
+    assert f"queue/guest/{queue_suffix}-gone does not exist" in errors.getvalue()
+    assert DeadLetter.objects.filter(id=letter.id).exists()

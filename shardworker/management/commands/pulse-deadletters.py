@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from shardworker import broker
+from shardworker import broker, checks
 from shardworker.models import DeadLetter
 
 AGE = re.compile(r"(\d+)([smhdw])")
@@ -41,6 +41,7 @@ class Command(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="purge without asking")
 
     def handle(self, *args, **options) -> None:
+        checks.ensure_migrated()
         letters = self.select(options)
         action = options["action"]
         if action == "list":
@@ -109,10 +110,18 @@ class Command(BaseCommand):
         replayed = 0
         with broker.connect() as connection:
             producer = connection.Producer()
+            exists: dict[str, bool] = {}
             for letter in letters:
                 queue = queues.get(letter.exchange)
                 if queue is None:
                     self.stderr.write(f"{letter.id}: no queue consumes {letter.exchange}; kept")
+                    continue
+                if queue not in exists:
+                    exists[queue] = queue_exists(connection, queue)
+                if not exists[queue]:
+                    # Published there, the message would be dropped by the broker.
+                    self.stderr.write(f"{letter.id}: queue {queue} does not exist (consume-pulse "
+                                      "declares it when it starts); kept")
                     continue
                 headers = {**letter.headers, broker.REPLAY_EXCHANGE: letter.exchange,
                            broker.REPLAY_ROUTING_KEY: letter.routing_key}
@@ -125,3 +134,18 @@ class Command(BaseCommand):
                 letter.delete()
                 replayed += 1
         self.stdout.write(f"replayed {replayed} dead letter(s)")
+
+
+def queue_exists(connection, queue: str) -> bool:
+    """Ask the broker on a channel of its own: a missing queue closes the channel."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, passive=True)
+        return True
+    except connection.channel_errors:
+        return False
+    finally:
+        try:
+            channel.close()
+        except connection.channel_errors + connection.connection_errors:
+            pass
