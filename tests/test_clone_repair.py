@@ -67,3 +67,25 @@ def test_deleted_store_is_cloned_again(damaged_setup):
 
     assert clone_nodes(clones.root, "l10n-central/de") == expected
     assert verify(path).returncode == 0
+
+
+def test_nested_repository_paths_keep_each_other_and_a_file_in_the_way_is_replaced(
+        hgmo, tmp_path: Path):
+    """`x/y` is cloned inside the directory of `x`; cloning, and recloning, `x` replaces
+    only its own `.hg`. A file where a clone belongs is removed."""
+    hgmo.create_repository("l10n-central/de")
+    pushed = hgmo.push("l10n-central/de", {"a.ftl": "a = A\n"})
+    url = hgmo.base_url + "l10n-central/de"
+    clones = Clones(tmp_path / "clones", timeout=60)
+
+    assert clones.update("nest/inner", url) == "cloned"
+    assert clones.update("nest", url) == "cloned"
+    subprocess.run(["rm", "-rf", str(clones.path_for("nest") / ".hg" / "store")], check=True)
+    assert clones.update("nest", url) == "cloned"
+    clones.path_for("file").parent.mkdir(parents=True, exist_ok=True)
+    clones.path_for("file").write_text("in the way\n")
+    assert clones.update("file", url) == "cloned"
+
+    for name in ("nest", "nest/inner", "file"):
+        assert clone_nodes(clones.root, name) == set(pushed.nodes), name
+        assert verify(clones.path_for(name)).returncode == 0, name

@@ -217,22 +217,29 @@ class Clones:
 
     def clone(self, name: str, url: str) -> None:
         """Clone into a scratch directory beside the target and move it in
-        place, so that an interrupted clone never looks like a clone."""
+        place, so that an interrupted clone never looks like a clone.
+
+        A clone is its `.hg` alone (`--noupdate`), so where a directory is in
+        the way (it may hold the clones of nested repository paths, `a/b`
+        inside `a`, each under its own lock), only its `.hg` is replaced."""
         path = self.path_for(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         scratch = path.parent / f".{path.name}.cloning"
-        if scratch.exists():
-            shutil.rmtree(scratch)
-        if path.exists():
-            # Something without a store is in the way; we hold the lock.
-            logger.warning("repo=%s removing broken clone at %s", name, path)
-            shutil.rmtree(path)
+        remove(scratch)
         try:
             self.run(["clone", "--noupdate", "--", url, str(scratch)], name, remote=True)
-            os.rename(scratch, path)
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                logger.warning("repo=%s removing %s, which is in the clone's place", name, path)
+                remove(path)
+            if not path.exists():
+                os.rename(scratch, path)
+                return
+            if (path / ".hg").exists() or (path / ".hg").is_symlink():
+                logger.warning("repo=%s replacing the broken clone at %s", name, path)
+                remove(path / ".hg")
+            os.rename(scratch / ".hg", path / ".hg")
         finally:
-            if scratch.exists():
-                shutil.rmtree(scratch, ignore_errors=True)
+            remove(scratch)
 
     def run(self, arguments: list[str], name: str, remote: bool = False) -> str:
         """Run hg; a failure that may heal raises TransientError. A `remote`
@@ -267,3 +274,11 @@ class Clones:
         if "redirects to another host" in error:
             raise PermanentError(f"hg for {name}: {error.removeprefix('abort: ')}")
         raise HgFailed(f"hg failed for {name}: {error}", output)
+
+
+def remove(path: Path) -> None:
+    """Remove a file, a symbolic link or a directory tree, if there is one."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from elmo.pushes.clones import Clones, _die_with_parent
+from elmo.pushes.clones import Clones, _die_with_parent, remove
 from shardworker.errors import PermanentError, TransientError
 
 FIELD = "\x1f"
@@ -59,11 +59,9 @@ class GitClones(Clones):
         operation = "fetched"
         if not self.exists(name):
             path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                shutil.rmtree(path)
+            remove(path)
             scratch = path.parent / f".{path.name}.cloning"
-            if scratch.exists():
-                shutil.rmtree(scratch)
+            remove(scratch)
             self.git_run(["init", "--bare", "--quiet", str(scratch)], name)
             os.rename(scratch, path)
             operation = "cloned"
