@@ -175,6 +175,31 @@ def test_newrepo_records_whole_history(hgmo, publisher, start_worker, tmp_path):
     assert clone_nodes(tmp_path / "clones", "l10n-central/sat") == expected
 
 
+def test_newrepo_leaves_archived_and_git_repositories_alone(hgmo, publisher, start_worker,
+                                                           tmp_path):
+    forest = Forest.objects.create(name="l10n-central", url=hgmo.base_url + "l10n-central")
+    for name in ("l10n-central/old", "l10n-central/gh"):
+        hgmo.create_repository(name)
+        hgmo.push(name, {"a.ftl": "a = A\n"})
+    Repository.objects.create(name="l10n-central/old", url=hgmo.base_url + "l10n-central/old",
+                              forest=forest, archived=True)
+    Repository.objects.create(name="l10n-central/gh", url="https://github.com/l10n-central/gh",
+                              kind=Repository.GIT, branch="main")
+    worker = start_worker(shards=2)
+
+    archived = publisher.publish_newrepo(hgmo, "l10n-central/old")
+    changegroup = publisher.publish_changegroup(hgmo, "l10n-central/old", [1])
+    git = publisher.publish_newrepo(hgmo, "l10n-central/gh")
+    wait_for_outcome(worker, archived, "l10n-central/old", "ignored")
+    wait_for_outcome(worker, changegroup, "l10n-central/old", "ignored")
+    wait_for_outcome(worker, git, "l10n-central/gh", "dead_lettered")
+
+    assert not Push.objects.exists()
+    assert not (tmp_path / "clones" / "l10n-central").exists()
+    letter = DeadLetter.objects.get(repository="l10n-central/gh")
+    assert "tracks as a git repository" in letter.reason
+
+
 def test_unknown_repository_and_unknown_type_are_acknowledged(hgmo, publisher, start_worker):
     hgmo.create_repository("l10n-central/xx")
     pushed = hgmo.push("l10n-central/xx", {"a.ftl": "a = A\n"})

@@ -57,8 +57,10 @@ class HgmoHandler:
     def changegroup(self, message: HgMessage, delivery: Delivery) -> Result:
         repository = Repository.objects.filter(name=message.repository,
                                                kind=Repository.HG).first()
-        if repository is None or repository.archived:
+        if repository is None:
             return Result(UNKNOWN_REPOSITORY, message.repository, "untracked repository")
+        if repository.archived:
+            return Result(IGNORED, message.repository, "archived repository")
         target = max(message.push_ids) if message.push_ids else None
         return self.sync(repository, target)
 
@@ -78,6 +80,11 @@ class HgmoHandler:
         if created:
             logger.info("repo=%s msg=%s new repository registered in forest %s",
                         message.repository, delivery.short_id, forest.name)
+        elif repository.kind != Repository.HG:
+            raise PermanentError(f"newrepo.1 for {message.repository}, which elmo tracks as a "
+                                 f"{repository.get_kind_display()} repository")
+        elif repository.archived:
+            return Result(IGNORED, message.repository, "archived repository")
         return self.sync(repository, None)
 
     def sync(self, repository: Repository, target: int | None) -> Result:
