@@ -151,6 +151,10 @@ def get(url: str, *, timeout: float, max_bytes: int, same_host: bool = False,
             if watchdog.expired:
                 raise TimedOut(f"took longer than {timeout:g} s") from None
             return Answer(error.code, None)
+        except Unreachable:
+            if watchdog.expired:
+                raise TimedOut(f"took longer than {timeout:g} s") from None
+            raise
         except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
             if watchdog.expired or isinstance(getattr(error, "reason", error), TimeoutError):
                 raise TimedOut(f"took longer than {timeout:g} s") from None
@@ -170,4 +174,8 @@ def _read_limited(response, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise TooLarge(f"larger than {max_bytes} bytes")
         chunks.append(chunk)
+    if response.length:
+        # http.client ends a body that stops short of its Content-Length quietly.
+        raise Unreachable(f"the answer was cut off after {size} bytes, "
+                          f"{response.length} short of its length")
     return b"".join(chunks)

@@ -138,6 +138,11 @@ class HgmoHandler:
                               max_bytes=self.pushlog_max_bytes)
             if page.pushes:
                 pages.append(list(page.pushes))
+            elif min(end, page.last_push_id) > start:
+                # Push ids have no gaps: a page without pushes that it claims
+                # exists is a lie, and paging on would take hours.
+                raise PermanentError(f"pushlog of {url} claims pushes up to "
+                                     f"{page.last_push_id} but sent none after {start}")
             if target is None:
                 target = page.last_push_id
             elif page.last_push_id < target:

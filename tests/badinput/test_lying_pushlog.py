@@ -64,6 +64,10 @@ def ends_early(document: dict) -> dict:
     return {"lastpushid": 0, "pushes": {}}
 
 
+def claims_endless_pushes(document: dict) -> dict:
+    return {"lastpushid": 2 ** 31 - 1, "pushes": {}}
+
+
 def nodes_only(document: dict) -> dict:
     for push in document["pushes"].values():
         push["changesets"] = [changeset["node"] for changeset in push["changesets"]]
@@ -84,6 +88,14 @@ def unknown_node(document: dict) -> dict:
 
 def superscript_key(document: dict) -> dict:
     return {"lastpushid": 1, "pushes": {"\u00b9": document["pushes"]["1"]}}
+
+
+def cut_off(standin, name, query, start_response) -> list[bytes]:
+    """Valid JSON, but shorter than the length the answer announces."""
+    body = b'{"lastpushid": 1, "pushes": {}}'
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body) + 500))])
+    return [body]
 
 
 def endless(standin, name, query, start_response) -> Iterator[bytes]:
@@ -143,11 +155,15 @@ LIES = {
     "push-after-range": (lie_about_document(outside_range), 1, "outside the range"),
     "push-before-range": (lie_about_document(before_range), 1, "outside the range"),
     "ends-early": (lie_about_document(ends_early), 1, "ends at 0"),
+    "claims-endless-pushes": (lie_about_document(claims_endless_pushes), 1,
+                              "claims pushes up to 2147483647 but sent none after 0"),
     "nodes-without-full": (lie_about_document(nodes_only), 1, "needs full=1"),
     "malformed-node": (lie_about_document(malformed_node), 1, "malformed node"),
     "superscript-push-id": (lie_about_document(superscript_key), 1, "malformed push"),
     "deeply-nested": (lie_with(b"[" * 90_000), 1, "not JSON"),
     "endless-body": (endless, 1, f"larger than {MAX_BYTES} bytes"),
+    "cut-off-body": (cut_off, 3, r"gave up after 3 attempts: pushlog .* unreachable: the "
+                                 r"answer was cut off after 31 bytes, 500 short"),
     "not-found": (lie_with(b"no such repository", "404 Not Found", "text/plain"), 1,
                   "answered 404"),
     "unavailable": (lie_with(b"try later", "503 Service Unavailable", "text/plain"), 3,
