@@ -245,6 +245,17 @@ def test_expired_and_error_artifacts_render_as_states(taskcluster, details, db_r
     assert Run.objects.get(id=failed.id).details_state == Run.FAILED
 
 
+def test_page_without_a_taskcluster_root_url_says_so(taskcluster, details, db_rows):
+    run = recorded_run(taskcluster, details)
+
+    with override_settings(TASKCLUSTER_ROOT_URL=""):
+        page = Client().get(f"/comparisons/{run.id}/")
+
+    assert page.status_code == 200
+    assert "TASKCLUSTER_ROOT_URL is not set" in page.content.decode()
+    assert Run.objects.get(id=run.id).details_state == Run.PENDING
+
+
 def test_browser_shows_the_comparison_details(taskcluster, details, live_server, tmp_path,
                                               db_rows):
     chromium = shutil.which("chromium")

@@ -28,6 +28,8 @@ def ensure_details(run: Run) -> Run:
     if run.details_state != Run.PENDING:
         return run
     task_run = run.task_run
+    if not settings.TASKCLUSTER_ROOT_URL:
+        raise DetailsUnavailable("TASKCLUSTER_ROOT_URL is not set on the web side")
     queue = taskcluster.Queue({"rootUrl": settings.TASKCLUSTER_ROOT_URL, "maxRetries": 1})
     try:
         answer = queue.artifact(task_run.task_id, str(task_run.run_id), run.artifact)
