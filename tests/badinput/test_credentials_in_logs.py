@@ -94,3 +94,14 @@ def test_broker_url_with_a_bad_port_stops_with_one_line_naming_the_variable(
 
     assert "Traceback" not in output, output
     assert "PULSE_URL" in output, output
+
+
+@pytest.mark.parametrize("command", ["/nonexistent/hg", "/bin/false"], ids=["missing", "not-hg"])
+def test_hg_command_that_does_not_run_stops_with_one_line_naming_the_variable(
+        worker_environment, tmp_path, command):
+    environment = {**worker_environment, "ELMO_HG_COMMAND": command}
+
+    output = run_until_it_has_failed(environment, tmp_path / "worker.log")
+
+    assert "Traceback" not in output, output
+    assert f"ELMO_HG_COMMAND: {command} does not run as Mercurial" in output, output

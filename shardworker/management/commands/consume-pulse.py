@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from elmo.pushes.clones import find_hg
+from elmo.pushes.clones import clean_environment, find_hg
 from shardworker import broker, metrics
 from shardworker.checks import ensure_migrated
 
@@ -135,9 +136,18 @@ def check_environment() -> None:
     ensure_migrated()
     check_broker_credentials()
     try:
-        find_hg(settings.ELMO_HG_COMMAND)
+        hg = find_hg(settings.ELMO_HG_COMMAND)
     except FileNotFoundError as error:
         raise CommandError(str(error)) from None
+    try:
+        subprocess.run([hg, "version", "--quiet"], env=clean_environment(), check=True,
+                       capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as error:
+        raise CommandError(f"ELMO_HG_COMMAND: {hg} does not run as Mercurial (`{hg} version` "
+                           f"exited with status {error.returncode}).") from None
+    except (OSError, subprocess.SubprocessError) as error:
+        raise CommandError(f"ELMO_HG_COMMAND: {hg} does not run as Mercurial "
+                           f"({getattr(error, 'strerror', None) or error}).") from None
     root = settings.ELMO_REPOSITORY_BASE
     try:
         os.makedirs(root, exist_ok=True)
