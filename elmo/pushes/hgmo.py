@@ -188,9 +188,11 @@ def repository_from_url(repo_url: object, base_url: str) -> str:
         port = url.port
     except ValueError:
         raise PermanentError(f"repo_url {repo_url!r:.200} is not a URL") from None
-    if url.scheme not in ("http", "https") or url.hostname != base.hostname:
-        raise PermanentError(f"repo_url {repo_url!r:.200} is not on {base.hostname}")
-    if port != base.port or url.query or url.fragment or url.username:
+    if url.scheme not in ("http", "https") or url.hostname != base.hostname \
+            or port != base.port:
+        raise PermanentError(f"repo_url {repo_url!r:.200} is not on {base.netloc} "
+                             "(ELMO_HG_BASE_URL)")
+    if url.query or url.fragment or url.username:
         raise PermanentError(f"repo_url {repo_url!r:.200} is not a plain repository URL")
     if not url.path.startswith(base.path):
         raise PermanentError(f"repo_url {repo_url!r:.200} is outside {base_url}")

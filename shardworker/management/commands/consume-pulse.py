@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 class Command(BaseCommand):
     help = (
         "Consume hg.mozilla.org push messages (and, with TASKCLUSTER_ROOT_URL set, "
-        "Taskcluster compare-locales results) from Pulse and record them in the database, "
+        "Taskcluster compare-locales results; with ELMO_GITHUB=true, GitHub pushes) from "
+        "Pulse and record them in the database, "
         "with one supervisor and N shard processes. SIGTERM or Ctrl-C drains: in-flight "
         "messages finish and are acknowledged, the others go back to the queue. Settings "
         "come from the environment (PULSE_*, DATABASE_URL, ELMO_*); see docs/operations.md."
@@ -77,7 +78,7 @@ class Command(BaseCommand):
         if options["max_crashes"] < 1:
             raise CommandError("--max-crashes must be at least 1.")
         if not 0 <= options["metrics_port"] <= 65535:
-            raise CommandError("--metrics-port must be between 0 and 65535.")
+            raise CommandError("--metrics-port (ELMO_METRICS_PORT) must be between 0 and 65535.")
         check_environment()
         connections.close_all()
         with metrics_directory() as directory:
@@ -149,6 +150,9 @@ def check_environment() -> None:
         raise CommandError(f"ELMO_HG_COMMAND: {hg} does not run as Mercurial "
                            f"({getattr(error, 'strerror', None) or error}).") from None
     root = settings.ELMO_REPOSITORY_BASE
+    if not os.path.isdir(root):
+        # A typo here would start an empty clone root and clone everything again.
+        logger.warning("ELMO_REPOSITORY_BASE %s does not exist; creating it", root)
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as error:
