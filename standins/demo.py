@@ -270,8 +270,10 @@ def report_comparisons(compared: bool) -> int:
         print(f"{run.locale.code:<8} {run.completion:>9}% {run.missing:>8} {run.errors:>7}  "
               f"{revisions}")
     failed = TaskRun.objects.filter(state="failed").count()
-    print(f"comparisons: {Run.objects.count()}, failed task runs: {failed}; the web side "
-          "shows them at /comparisons/ (./manage.py runserver with the demo's settings)")
+    print(f"comparisons: {Run.objects.count()}, failed task runs: {failed}; to see them at "
+          f"/comparisons/: DATABASE_URL=sqlite:///{DEMO / 'elmo.sqlite3'} "
+          ".venv/bin/python manage.py runserver (the details need the Taskcluster stand-in, "
+          "which stops with the demo)")
     print("comparisons recorded: " + ("yes" if compared else "NO"))
     return 0 if compared else 1
 
