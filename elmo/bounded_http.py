@@ -97,7 +97,9 @@ class _WatchedHTTPSConnection(_Watched, http.client.HTTPSConnection):
     pass
 
 
-class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+class _WatchedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http and https connections whose sockets the watchdog can shut."""
+
     def __init__(self, watchdog: Watchdog):
         super().__init__()
         self.watchdog = watchdog
@@ -105,12 +107,6 @@ class _WatchedHTTPHandler(urllib.request.HTTPHandler):
     def http_open(self, request):
         return self.do_open(functools.partial(_WatchedHTTPConnection, watchdog=self.watchdog),
                             request)
-
-
-class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, watchdog: Watchdog):
-        super().__init__()
-        self.watchdog = watchdog
 
     def https_open(self, request):
         return self.do_open(functools.partial(_WatchedHTTPSConnection, watchdog=self.watchdog),
@@ -137,7 +133,7 @@ def get(url: str, *, timeout: float, max_bytes: int, same_host: bool = False,
     carries its body.
     """
     with Watchdog(timeout) as watchdog:
-        handlers = [_WatchedHTTPHandler(watchdog), _WatchedHTTPSHandler(watchdog)]
+        handlers = [_WatchedHandler(watchdog)]
         if same_host:
             handlers.append(_SameHostRedirects())
         opener = urllib.request.build_opener(*handlers)

@@ -17,7 +17,6 @@ from amqp import serialization, spec
 from amqp.channel import Channel
 
 UNDECODABLE = "x-elmo-undecodable"
-_DELIVER_FORMAT = "sLbss"
 _installed = False
 
 
@@ -40,18 +39,17 @@ def install() -> None:
             return offset
 
     def lenient_dispatch_method(self, method_sig, payload, content):
-        if method_sig == spec.Basic.Deliver and content is not None:
-            try:
-                serialization.loads(_DELIVER_FORMAT, payload, 4)
-            except (UnicodeDecodeError, struct.error) as error:
-                arguments = _deliver_arguments(payload)
-                headers = content.properties.setdefault("application_headers", {}) or {}
-                content.properties["application_headers"] = headers
-                headers.setdefault(UNDECODABLE, f"envelope: {type(error).__name__}: {error}"
-                                   [:500])
-                self._on_basic_deliver(*arguments, content)
-                return
-        dispatch_method(self, method_sig, payload, content)
+        try:
+            dispatch_method(self, method_sig, payload, content)
+        except (UnicodeDecodeError, struct.error) as error:
+            # Only the arguments' decoding raises these: the delivery callback
+            # (Supervisor.on_message) never raises.
+            if method_sig != spec.Basic.Deliver or content is None:
+                raise
+            headers = content.properties.get("application_headers") or {}
+            content.properties["application_headers"] = headers
+            headers.setdefault(UNDECODABLE, f"envelope: {type(error).__name__}: {error}"[:500])
+            self._on_basic_deliver(*_deliver_arguments(payload), content)
 
     serialization.GenericContent._load_properties = lenient_load_properties
     Channel.dispatch_method = lenient_dispatch_method

@@ -8,6 +8,7 @@ waits until all is recorded, and prints what was ingested and whether it
 matches the stand-ins.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +26,20 @@ NEW_LOCALE = "sat"
 ROUNDS = 8
 GITHUB_REPOSITORY = "mozilla-l10n/firefox-l10n"
 QUEUES = ["queue/guest/demo-hgmo", "queue/guest/demo-taskcluster", "queue/guest/demo-github"]
+
+
+# The demo's report: plain lines on standard output, apart from the stand-ins' logs.
+REPORT = logging.getLogger("standins.demo.report")
+REPORT.propagate = False
+_report_handler = logging.StreamHandler(sys.stdout)
+_report_handler.setFormatter(logging.Formatter("%(message)s"))
+REPORT.addHandler(_report_handler)
+REPORT.setLevel(logging.INFO)
+
+
+def say(text: str = "") -> None:
+    """One line (or block) of the report."""
+    REPORT.info(text)
 
 
 def main() -> int:
@@ -52,9 +67,9 @@ def main() -> int:
         os.environ["ELMO_GITHUB"] = "true"
         os.environ["ELMO_GITHUB_BASE_URL"] = github.base_url
         os.environ["PULSE_QUEUE_GITHUB"] = "demo-github"
-        print(f"hg.mozilla.org stand-in at {hgmo.base_url}")
-        print(f"Taskcluster queue stand-in at {taskcluster.root_url}")
-        print(f"GitHub stand-in at {github.base_url}")
+        say(f"hg.mozilla.org stand-in at {hgmo.base_url}")
+        say(f"Taskcluster queue stand-in at {taskcluster.root_url}")
+        say(f"GitHub stand-in at {github.base_url}")
         import django
 
         django.setup()
@@ -71,16 +86,16 @@ def main() -> int:
             purge_queue(queue)
 
         log_path = DEMO / "worker.log"
-        print(f"starting consume-pulse --shards 4 (log: {log_path.relative_to(PROJECT)})")
+        say(f"starting consume-pulse --shards 4 (log: {log_path.relative_to(PROJECT)})")
         worker = start_worker(log_path)
         try:
             sent = stream_pushes(hgmo, publisher)
             sent += stream_github_pushes(github, gh_publisher)
-            print(f"published {sent} push messages; waiting for the worker")
+            say(f"published {sent} push messages; waiting for the worker")
             matched = wait_for_ingest(hgmo, timeout=180)
             matched &= wait_for_github(github, timeout=60)
             tasks = finish_tasks(hgmo, taskcluster, task_publisher)
-            print(f"published {len(tasks)} compare-locales task results")
+            say(f"published {len(tasks)} compare-locales task results")
             compared = wait_for_comparisons(len(tasks), timeout=120)
             show_metrics(log_path)
         finally:
@@ -104,7 +119,7 @@ def start_worker(log_path: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while "consuming" not in log_path.read_text(errors="replace"):
         if worker.poll() is not None or time.monotonic() > deadline:
-            print(log_path.read_text(errors="replace"))
+            say(log_path.read_text(errors="replace"))
             raise SystemExit("the worker did not start")
         time.sleep(0.2)
     return worker
@@ -190,10 +205,10 @@ def show_metrics(log_path: Path) -> None:
     wanted = ("elmo_worker_messages_processed_total", "elmo_worker_messages_received_total",
               "elmo_worker_clone_update_seconds_count", "elmo_worker_broker_connected",
               "elmo_worker_queue_backlog_messages", "elmo_worker_shard_restarts_total")
-    print(f"\nfrom {match.group(1)}metrics (non-zero series):")
+    say(f"\nfrom {match.group(1)}metrics (non-zero series):")
     for line in text.splitlines():
         if line.startswith(wanted) and not line.endswith(" 0.0"):
-            print("  " + line)
+            say("  " + line)
 
 
 def stream_github_pushes(github, gh_publisher) -> int:
@@ -263,18 +278,18 @@ def wait_for_comparisons(count: int, timeout: float) -> bool:
 def report_comparisons(compared: bool) -> int:
     from elmo.l10nstats.models import Run, TaskRun
 
-    print()
-    print(f"{'locale':<8} {'completion':>10} {'missing':>8} {'errors':>7}  revision")
+    say()
+    say(f"{'locale':<8} {'completion':>10} {'missing':>8} {'errors':>7}  revision")
     for run in Run.objects.select_related("locale").order_by("locale__code"):
         revisions = ", ".join(c.shortrev for c in run.revisions.all())
-        print(f"{run.locale.code:<8} {run.completion:>9}% {run.missing:>8} {run.errors:>7}  "
+        say(f"{run.locale.code:<8} {run.completion:>9}% {run.missing:>8} {run.errors:>7}  "
               f"{revisions}")
     failed = TaskRun.objects.filter(state="failed").count()
-    print(f"comparisons: {Run.objects.count()}, failed task runs: {failed}; to see them at "
+    say(f"comparisons: {Run.objects.count()}, failed task runs: {failed}; to see them at "
           f"/comparisons/: DATABASE_URL=sqlite:///{DEMO / 'elmo.sqlite3'} "
           ".venv/bin/python manage.py runserver (the details need the Taskcluster stand-in, "
           "which stops with the demo)")
-    print("comparisons recorded: " + ("yes" if compared else "NO"))
+    say("comparisons recorded: " + ("yes" if compared else "NO"))
     return 0 if compared else 1
 
 
@@ -325,15 +340,15 @@ def report(hgmo, github, matched: bool) -> int:
 
     want = expected(hgmo)
     have = ingested()
-    print()
-    print(f"{'repository':<22} {'pushes':>13} {'changesets':>13} {'in clone':>9}")
+    say()
+    say(f"{'repository':<22} {'pushes':>13} {'changesets':>13} {'in clone':>9}")
     all_match = matched
     for name, (pushes, changesets) in sorted(want.items()):
         got_pushes, got_changesets = have.get(name, (0, 0))
         in_clone = clone_changesets(name)
         ok = (got_pushes, got_changesets, in_clone) == (pushes, changesets, changesets)
         all_match &= ok
-        print(
+        say(
             f"{name:<22} {got_pushes:>6} of {pushes:<4} {got_changesets:>6} of {changesets:<4}"
             f" {in_clone:>9}  {'ok' if ok else 'MISMATCH'}"
         )
@@ -342,21 +357,21 @@ def report(hgmo, github, matched: bool) -> int:
     got = repository.changesets.count()
     ok = got == commits
     all_match &= ok
-    print(f"{GITHUB_REPOSITORY + ' (git)':<22} {repository.push_set.count():>6} {'':<7}"
+    say(f"{GITHUB_REPOSITORY + ' (git)':<22} {repository.push_set.count():>6} {'':<7}"
           f"{got:>6} of {commits:<4} {'':>9}  {'ok' if ok else 'MISMATCH'}")
     merges = sum(1 for c in Changeset.objects.all() if c.parents.count() == 2)
-    print()
+    say()
     ours = sum(1 for body in DeadLetter.objects.values_list("body", flat=True)
                if any(url.encode() in bytes(body) for url in (hgmo.base_url, github.base_url)))
     others = DeadLetter.objects.count() - ours
-    print(f"database: {Repository.objects.count()} repositories, {Push.objects.count()} pushes, "
+    say(f"database: {Repository.objects.count()} repositories, {Push.objects.count()} pushes, "
           f"{Changeset.objects.exclude(revision='0' * 40).count()} changesets "
           f"({merges} merges), {ours} dead letters")
     if others:
-        print(f"({others} more dead letters are messages that other publishers on this broker "
+        say(f"({others} more dead letters are messages that other publishers on this broker "
               "sent for hosts the demo does not know)")
-    print(f"worker log: {(DEMO / 'worker.log').relative_to(PROJECT)}")
-    print("matches the stand-in: " + ("yes" if all_match else "NO"))
+    say(f"worker log: {(DEMO / 'worker.log').relative_to(PROJECT)}")
+    say("matches the stand-in: " + ("yes" if all_match else "NO"))
     return 0 if all_match else 1
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from elmo.life.models import Changeset, Forest, Locale, Push, Repository
+from elmo.life.models import Changeset, Push
 from shardworker.models import DeadLetter
 from tests.conftest import wait_until
 from tests.helpers import short_id
+from tests.test_hgmo_ingest import track
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -120,15 +121,6 @@ def trickle(standin, name, query, start_response) -> Iterator[bytes]:
         while not standin.stopped.wait(0.5) and time.monotonic() < deadline:
             yield b"x"
     return body()
-
-
-def track(standin, name: str) -> Repository:
-    standin.create_repository(name)
-    forest, _ = Forest.objects.get_or_create(name=name.rsplit("/", 1)[0],
-                                             defaults={"url": standin.base_url})
-    locale, _ = Locale.objects.get_or_create(code=name.rsplit("/", 1)[1])
-    return Repository.objects.create(name=name, url=standin.base_url + name, forest=forest,
-                                     locale=locale)
 
 
 def publish_first_push(hgmo, publisher, name: str) -> dict:

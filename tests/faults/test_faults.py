@@ -161,7 +161,7 @@ def names_on_every_shard(count: int, shards: int = 4) -> list[str]:
     raise AssertionError("not enough repository names")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def relay_template(tmp_path_factory) -> Path:
     """The bundle imported once, as the stand-in replays it; tests copy it."""
     if not BUNDLE.exists():
